@@ -1,0 +1,33 @@
+"""Package definition for xllava-jax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="xllava-jax",
+    version="0.1.0",
+    description="Multilingual LLaVA-style vision-language models (X-LLaVA, LRM-LLaVA) in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["xllava_jax", "xllava_jax.*"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "transformers>=5.23.0",
+        "grain>=0.2.18",
+        "sentencepiece>=0.2.3",
+        "tensorflow-datasets>=4.9.10",
+        "pillow>=13.0.0",
+        "ml-collections>=1.1.0",
+        "safetensors>=0.8.0",
+        "numpy>=2.4",
+        "tqdm>=4.70",
+        "protobuf>=7.36",
+    ],
+    extras_require={
+        "cuda": ["jax[cuda12]>=0.10.2"],
+        "test": ["pytest>=9.2", "torch==2.13.0"],
+    },
+)
