@@ -17,6 +17,7 @@ setup(
         "orbax-checkpoint>=0.12.8",
         "transformers>=5.23.0",
         "grain>=0.2.18",
+        "array-record>=0.8.6",
         "sentencepiece>=0.2.3",
         "tensorflow-datasets>=4.9.10",
         "pillow>=13.0.0",
@@ -25,6 +26,8 @@ setup(
         "numpy>=2.4",
         "tqdm>=4.70",
         "protobuf>=7.36",
+        "sacrebleu>=2.6.0",
+        "matplotlib>=3.11.2",
     ],
     extras_require={
         "cuda": ["jax[cuda12]>=0.10.2"],

@@ -1,0 +1,1 @@
+"""Tokenizers: SentencePiece LLaMA loading (spm.py) and vocabulary expansion (expand.py)."""

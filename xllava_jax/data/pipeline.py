@@ -1,0 +1,213 @@
+"""grain pipeline: sharded, seeded per-epoch order -> worker processing -> skip accounting, packing, batching.
+
+Exact resume: `iterator.get_state()` (JSON-able, stored in checkpoints) / `iterator.set_state(state)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import grain
+import numpy as np
+
+from xllava_jax.data.length_grouping import length_grouped_order, record_length
+from xllava_jax.data.processing import SKIP
+from xllava_jax.data.report import DataStats
+from xllava_jax.data.sequences import collate, fits, num_images
+
+FOREVER = 1_000_000  # epochs when num_epochs is None
+
+
+def process_shard(shard_index: int | None = None, shard_count: int | None = None) -> tuple[int, int]:
+    """(index, count) of this process's shard: explicit arguments, else jax.process_index()/process_count()."""
+    if shard_index is None or shard_count is None:
+        import jax
+        return jax.process_index(), jax.process_count()
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} not in [0, shard_count={shard_count})")
+    return shard_index, shard_count
+
+
+def shard_indices(num_records: int, shard_index: int, shard_count: int) -> np.ndarray:
+    """Record indices owned by one shard (strided: shards partition the records, sizes differ by <= 1)."""
+    return np.arange(shard_index, num_records, shard_count)
+
+
+@dataclasses.dataclass
+class EpochOrder:
+    """Maps a global step index to a record: epoch e uses its own seeded permutation of the shard's records."""
+
+    source: Any  # random-access: list of records or a grain data source
+    indices: np.ndarray  # this shard's record indices
+    seed: int
+    shuffle: bool = True
+    group_by_length: int = 0  # batch size for length grouping (0 = off)
+    lengths: np.ndarray | None = None
+    multimodal: np.ndarray | None = None
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """Local order of epoch `epoch` (positions into `indices`)."""
+        return _permutation(self, epoch)
+
+    def __call__(self, i: int) -> dict:
+        """Record at global position `i`."""
+        n = len(self.indices)
+        return self.source[int(self.indices[self.permutation(i // n)[i % n]])]
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(order: EpochOrder, epoch: int) -> np.ndarray:
+    """Cached epoch permutation (seeded by (seed, epoch))."""
+    n = len(order.indices)
+    if not order.shuffle:
+        return np.arange(n)
+    rng = np.random.default_rng([order.seed, epoch])
+    if order.group_by_length:
+        return length_grouped_order(order.lengths, order.multimodal, order.group_by_length, rng)
+    return rng.permutation(n)
+
+
+def record_dataset(source: Any, *, seed: int = 0, shuffle: bool = True, num_epochs: int | None = 1,
+                   shard_index: int | None = None, shard_count: int | None = None,
+                   group_by_length: int = 0) -> grain.MapDataset:
+    """MapDataset of this process's records over `num_epochs` epochs, each in its own seeded order."""
+    index, count = process_shard(shard_index, shard_count)
+    indices = shard_indices(len(source), index, count)
+    lengths = multimodal = None
+    if group_by_length:
+        recs = [source[int(i)] for i in indices]
+        lengths = np.array([record_length(r) for r in recs])
+        multimodal = np.array([bool(r.get("image") or r.get("image_bytes")) for r in recs])
+    order = EpochOrder(source, indices, seed, shuffle, group_by_length, lengths, multimodal)
+    return grain.MapDataset.range(len(indices) * (num_epochs or FOREVER)).map(order)
+
+
+@dataclasses.dataclass
+class BatchSpec:
+    """How examples become batches (see README batch contract)."""
+
+    batch_size: int
+    max_len: int
+    pad_id: int
+    pack: bool = False
+    max_images_per_row: int = 1
+    image_shape: tuple[int, int, int] = (336, 336, 3)
+    drop_remainder: bool = True
+
+
+class BatchDataset(grain.IterDataset):
+    """Counts/logs skip markers, packs examples into rows and collates rows into batches (main process)."""
+
+    def __init__(self, parent: grain.IterDataset, spec: BatchSpec, stats: DataStats | None = None):
+        super().__init__(parent)
+        self.spec = spec
+        self.stats = stats if stats is not None else DataStats()
+
+    def __iter__(self) -> "BatchIterator":
+        return BatchIterator(self._parent.__iter__(), self.spec, self.stats)
+
+
+class BatchIterator(grain.DatasetIterator):
+    """Iterator whose state is the parent state before the carried-over example, plus the stats."""
+
+    def __init__(self, parent: grain.DatasetIterator, spec: BatchSpec, stats: DataStats):
+        super().__init__(parent)
+        self.spec, self.stats = spec, stats
+        self.pending: dict | None = None
+        self.pending_state: dict | None = None
+        self.exhausted = False
+
+    def _pull(self) -> tuple[dict | None, dict]:
+        """Next good example (skip markers counted) and the parent state before it; None at the end."""
+        while True:
+            state = self._parent.get_state()
+            try:
+                ex = next(self._parent)
+            except StopIteration:
+                return None, state
+            if SKIP in ex:
+                self.stats.skip(ex["id"], ex[SKIP], ex.get("detail", ""))
+                continue
+            return ex, state
+
+    def _next_row(self) -> list[dict]:
+        """One row: a single example, or (packing) as many consecutive examples as fit."""
+        row: list[dict] = []
+        max_images = self.spec.max_images_per_row if self.spec.pack else max(1, self.spec.max_images_per_row)
+        while not self.exhausted:
+            if self.pending is None:
+                self.pending, self.pending_state = self._pull()
+                if self.pending is None:
+                    self.exhausted = True
+                    break
+            ex = self.pending
+            if num_images(ex) > max_images:
+                self.stats.skip(ex["id"], "too_many_images_for_row", f"{num_images(ex)} > {max_images}")
+                self.pending = None
+                continue
+            if row and not fits(row, ex, self.spec.max_len, max_images):
+                break
+            row.append(ex)
+            self.pending = None
+            if not self.spec.pack:
+                break
+        return row
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rows = []
+        while len(rows) < self.spec.batch_size:
+            row = self._next_row()
+            if not row:
+                break
+            rows.append(row)
+        if not rows or (len(rows) < self.spec.batch_size and self.spec.drop_remainder):
+            raise StopIteration
+        for row in rows:
+            for ex in row:
+                self.stats.kept += 1
+                self.stats.truncated += int(bool(ex.get("truncated")))
+                if ex.get("lang"):
+                    self.stats.languages[ex["lang"]] += 1
+        batch = collate(rows, self.spec.batch_size, self.spec.max_len, self.spec.pad_id,
+                        self.spec.max_images_per_row, self.spec.image_shape)
+        batch["num_samples"] = np.int32(sum(len(r) for r in rows))
+        return batch
+
+    def get_state(self) -> dict:
+        """Parent state at the first not-yet-batched example, and the stats so far."""
+        parent = self.pending_state if self.pending is not None else self._parent.get_state()
+        return {"parent": parent, "stats": self.stats.to_dict()}
+
+    def set_state(self, state: dict) -> None:
+        """Resume exactly at the state from get_state."""
+        self._parent.set_state(state["parent"])
+        restored = DataStats.from_dict(state["stats"])
+        self.stats.__dict__.update(restored.__dict__)
+        self.pending = self.pending_state = None
+        self.exhausted = False
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; accept defaults when the program never parsed them."""
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_pipeline(source: Any, process: Callable[[dict], dict], spec: BatchSpec, *, seed: int = 0,
+                  shuffle: bool = True, num_epochs: int | None = 1, shard_index: int | None = None,
+                  shard_count: int | None = None, group_by_length: bool = False, num_workers: int = 0,
+                  stats: DataStats | None = None) -> BatchDataset:
+    """The whole data pipeline: iterate it (iter(...)) for batches; `stats` collects skip/truncation counts."""
+    ds = record_dataset(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index,
+                        shard_count=shard_count, group_by_length=spec.batch_size if group_by_length else 0)
+    ids = ds.map(process).to_iter_dataset()
+    if num_workers > 0:
+        _ensure_absl_flags_parsed()
+        ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return BatchDataset(ids, spec, stats)

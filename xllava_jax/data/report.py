@@ -1,0 +1,77 @@
+"""Bad-input accounting: the DataError raised in strict mode, and DataStats counting skips/truncations/drops."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+
+log = logging.getLogger("xllava_jax.data")
+
+# Reasons a record is skipped (bad input) or a sample dropped/changed (sequence limits).
+MALFORMED_JSON = "malformed_json"
+MISSING_FIELD = "missing_field"
+NOT_ALTERNATING = "turns_not_alternating"
+EMPTY_ANSWER = "empty_answer"
+MISSING_IMAGE = "missing_image"
+CORRUPT_IMAGE = "corrupt_image"
+MISSING_LANGUAGE = "missing_language"
+NO_TRAINED_TOKENS = "no_trained_tokens"
+IMAGE_RUN_CUT = "image_run_cut_by_truncation"
+TOO_MANY_IMAGES = "too_many_images_for_row"
+
+
+class DataError(ValueError):
+    """A bad record or setting; the message names the record id or the setting."""
+
+
+@dataclasses.dataclass
+class DataStats:
+    """Counters of what the data path did: samples kept, skipped (by reason), truncated, languages, lengths."""
+
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    examples: dict = dataclasses.field(default_factory=dict)  # reason -> first few record ids
+    kept: int = 0
+    truncated: int = 0
+    languages: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def skip(self, record_id: str, reason: str, detail: str = "", strict: bool = False) -> None:
+        """Count and log a skipped record (or raise DataError naming it when `strict`)."""
+        msg = f"record {record_id!r}: {reason}" + (f" ({detail})" if detail else "")
+        if strict:
+            raise DataError(msg)
+        self.skipped[reason] += 1
+        self.examples.setdefault(reason, [])
+        if len(self.examples[reason]) < 5:
+            self.examples[reason].append(record_id)
+        log.warning("skipping %s", msg)
+
+    def merge(self, other: "DataStats") -> "DataStats":
+        """Add `other`'s counts into this one and return self."""
+        self.skipped.update(other.skipped)
+        for k, v in other.examples.items():
+            self.examples.setdefault(k, []).extend(v[: max(0, 5 - len(self.examples.get(k, [])))])
+        self.kept += other.kept
+        self.truncated += other.truncated
+        self.languages.update(other.languages)
+        return self
+
+    def to_dict(self) -> dict:
+        """JSON-able form (also the iterator-state form)."""
+        return {"kept": self.kept, "truncated": self.truncated, "skipped": dict(self.skipped),
+                "examples": {k: list(v) for k, v in self.examples.items()}, "languages": dict(self.languages)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataStats":
+        """Inverse of to_dict."""
+        return cls(collections.Counter(d.get("skipped", {})), {k: list(v) for k, v in d.get("examples", {}).items()},
+                   d.get("kept", 0), d.get("truncated", 0), collections.Counter(d.get("languages", {})))
+
+    def summary(self, title: str = "data") -> str:
+        """A human-readable multi-line summary."""
+        lines = [f"[{title}] kept={self.kept} truncated={self.truncated} skipped={sum(self.skipped.values())}"]
+        for reason, n in sorted(self.skipped.items()):
+            lines.append(f"  skipped {reason}: {n} (e.g. {', '.join(map(str, self.examples.get(reason, [])))})")
+        if self.languages:
+            lines.append("  languages: " + ", ".join(f"{k}={v}" for k, v in sorted(self.languages.items())))
+        return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""Benchmark metrics matching LLaVA's evaluation code (DESIGN.md section 4).
+
+- ``normalize_answer``: EvalAI / VQA answer normalization as LLaVA's ``EvalAIAnswerProcessor``
+  (lower case; drop ``,`` ``?``; split ``'s``; punctuation removed or spaced; periods not
+  between digits dropped; number words zero..ten -> digits; articles dropped; EvalAI's
+  contraction table).
+- ``vqa_accuracy``: mean over the 10 leave-one-annotator-out subsets of min(1, matches/3).
+- ``gqa_match``: ``pred.rstrip('.').lower()`` exact match (LLaVA's GQA conversion).
+- ``pope_metrics``: LLaVA's POPE parsing (first sentence, commas removed, "No"/"not"/"no" ->
+  no) then accuracy, precision, recall, F1, yes-ratio.
+- ``mmbench_extract`` / ``mmbench_circular``: option-letter extraction (MMBench's rule-based
+  matcher) and circular evaluation (a question counts only if every rotation is right).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+# EvalAI contraction forms; each maps every spelling with exactly one apostrophe removed to itself.
+_CONTRACTION_FORMS = (
+    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't "
+    "he'd he'd've he's how'd how'll how's isn't it'd it'd've it'll ma'am mightn't mightn't've might've mustn't "
+    "must've needn't not've o'clock oughtn't 'ow's'at shan't she'd've should've shouldn't shouldn't've "
+    "somebody'd've somebody'll somebody's someone'd someone'd've someone'll someone's something'd "
+    "something'd've something'll that's there'd there'd've there're there's they'd they'd've they'll they're "
+    "they've 'twas wasn't we'd've we've weren't what'll what're what's what've when's where'd where's where've "
+    "who'd who'd've who'll who's who've why'll why're why's won't would've wouldn't wouldn't've y'all y'all'll "
+    "y'all'd've you'd you'd've you'll you're you've"
+).split()
+
+
+def _contractions() -> dict[str, str]:
+    """Map from each one-apostrophe-dropped spelling to the contraction (EvalAI's table)."""
+    table: dict[str, str] = {}
+    for form in _CONTRACTION_FORMS:
+        for i, ch in enumerate(form):
+            if ch == "'":
+                table[form[:i] + form[i + 1:]] = form
+    table["somebody'd"] = "somebodyd"  # EvalAI's table has this entry reversed; kept for parity
+    return table
+
+
+CONTRACTIONS = _contractions()
+NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+NUMBER_WORDS["none"] = "0"
+ARTICLES = frozenset({"a", "an", "the"})
+PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # EvalAI's (odd) lookbehind spelling, kept for parity
+_COMMA_BETWEEN_DIGITS = re.compile(r"(?<=\d)(\,)+(?=\d)")
+
+
+def _punctuation(text: str) -> str:
+    """EvalAI punctuation rule: delete a mark next to a space (or if digits have commas), else space it."""
+    out = text
+    for p in PUNCTUATION:
+        if p + " " in text or " " + p in text or _COMMA_BETWEEN_DIGITS.search(text):
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return _PERIOD_STRIP.sub("", out)
+
+
+def _digits_articles(text: str) -> str:
+    """Number words to digits, articles dropped, contractions restored."""
+    words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    return " ".join(CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES)
+
+
+def normalize_answer(s: str) -> str:
+    """EvalAI answer normalization (as LLaVA's EvalAIAnswerProcessor)."""
+    s = s.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    s = s.replace("\n", " ").replace("\t", " ").strip()
+    return _digits_articles(_punctuation(s))
+
+
+def vqa_accuracy(pred: str, gt_answers: Sequence[str]) -> float:
+    """VQA accuracy: mean over leave-one-out annotator subsets of min(1, #matches / 3), after normalization."""
+    if not gt_answers:
+        raise ValueError("vqa_accuracy needs at least one ground-truth answer")
+    p = normalize_answer(pred)
+    gts = [normalize_answer(a) for a in gt_answers]
+    scores = [min(1.0, sum(g == p for j, g in enumerate(gts) if j != i) / 3.0) for i in range(len(gts))]
+    return sum(scores) / len(scores)
+
+
+def gqa_match(pred: str, gt: str) -> bool:
+    """GQA exact match of ``pred.rstrip('.').lower()`` against the (lower-cased) answer."""
+    return pred.strip().rstrip(".").lower() == gt.strip().lower()
+
+
+def pope_answer(text: str) -> str:
+    """LLaVA's POPE parsing: first sentence, commas removed; 'No'/'not'/'no' among the words -> 'no', else 'yes'."""
+    if "." in text:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
+
+
+def _ratio(num: float, den: float) -> float:
+    """num / den, 0.0 when den is 0."""
+    return num / den if den else 0.0
+
+
+def pope_metrics(preds: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 and yes-ratio of model answers against 'yes'/'no' labels ('yes' positive)."""
+    if len(preds) != len(labels):
+        raise ValueError(f"pope_metrics: {len(preds)} predictions but {len(labels)} labels")
+    p = [pope_answer(x) == "yes" for x in preds]
+    y = [str(l).strip().lower() != "no" for l in labels]
+    tp = sum(a and b for a, b in zip(p, y))
+    fp = sum(a and not b for a, b in zip(p, y))
+    tn = sum(not a and not b for a, b in zip(p, y))
+    fn = sum(not a and b for a, b in zip(p, y))
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    return {"accuracy": _ratio(tp + tn, len(p)), "precision": precision, "recall": recall,
+            "f1": _ratio(2 * precision * recall, precision + recall), "yes_ratio": _ratio(tp + fp, len(p))}
+
+
+def mmbench_extract(pred: str, options: Mapping[str, str]) -> str | None:
+    """The option letter a free-form answer picks: a lone letter token, else a unique option text; None if unclear."""
+    spaced = pred
+    for ch in ".()[],:;!*#{}":
+        spaced = spaced.replace(ch, " ")
+    tokens = spaced.split()
+    letters = [k for k in options if k in tokens]
+    if len(letters) == 1:
+        return letters[0]
+    if not letters:
+        low = pred.lower()
+        by_text = [k for k, v in options.items() if str(v).lower() and str(v).lower() in low]
+        if len(by_text) == 1:
+            return by_text[0]
+    return None
+
+
+def mmbench_rotations(options: Mapping[str, str], answer: str) -> list[tuple[dict[str, str], str]]:
+    """Circular variants: option texts rotated over the same letters, with the moved answer letter."""
+    letters = list(options)
+    texts = [options[k] for k in letters]
+    n = len(letters)
+    idx = letters.index(answer)
+    return [({letters[i]: texts[(i + r) % n] for i in range(n)}, letters[(idx - r) % n]) for r in range(n)]
+
+
+def mmbench_circular(results: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Circular accuracy: results carry ``question_id`` (shared by rotations), ``pred`` and ``answer`` letters."""
+    groups: dict[Any, bool] = {}
+    for r in results:
+        ok = r.get("pred") is not None and r["pred"] == r["answer"]
+        groups[r["question_id"]] = groups.get(r["question_id"], True) and ok
+    n = len(groups)
+    return {"accuracy": _ratio(sum(groups.values()), n), "questions": n}
+
+
+def language_summary(scores: Mapping[str, float], english: str = "en") -> dict[str, Any]:
+    """Per-language scores plus the non-English average and the all-language average (LRM-LLaVA style)."""
+    others = [v for k, v in scores.items() if k != english]
+    return {"per_language": dict(scores),
+            "non_english_avg": sum(others) / len(others) if others else None,
+            "avg": sum(scores.values()) / len(scores) if scores else None}

@@ -1,0 +1,52 @@
+"""Building a model from its config, initialising plain-dict params, and their logical axes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from xllava_jax.models.clip import CLIPVisionConfig, CLIPVisionTransformer
+from xllava_jax.models.llama import Llama, LlamaConfig
+from xllava_jax.models.llava import Llava, LlavaConfig
+
+ModelConfig = LlavaConfig | LlamaConfig | CLIPVisionConfig
+MODELS = {LlavaConfig: Llava, LlamaConfig: Llama, CLIPVisionConfig: CLIPVisionTransformer}
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The Flax module for a config (validated first)."""
+    cfg.validate()
+    return MODELS[type(cfg)](cfg)
+
+
+def dummy_inputs(cfg: ModelConfig) -> dict[str, jax.Array]:
+    """Smallest inputs that touch every parameter (for init and shape inference)."""
+    if isinstance(cfg, LlamaConfig):
+        return {"input_ids": jnp.zeros((1, 1), jnp.int32)}
+    vision = cfg.vision if isinstance(cfg, LlavaConfig) else cfg
+    pixels = jnp.zeros((1, vision.image_size, vision.image_size, vision.num_channels), jnp.float32)
+    if isinstance(cfg, CLIPVisionConfig):
+        return {"pixel_values": pixels}
+    return {"input_ids": jnp.full((1, cfg.num_image_tokens), cfg.image_token_id, jnp.int32), "pixel_values": pixels}
+
+
+def _init_boxed(cfg: ModelConfig, rng: jax.Array) -> Any:
+    return build_model(cfg).init(rng, **dummy_inputs(cfg))["params"]
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:
+    """Randomly initialised parameters as a plain nested dict."""
+    return nn.unbox(_init_boxed(cfg, rng))
+
+
+def abstract_params(cfg: ModelConfig) -> dict:
+    """Parameter shapes and dtypes (jax.ShapeDtypeStruct), without allocating anything."""
+    return nn.unbox(jax.eval_shape(lambda: _init_boxed(cfg, jax.random.PRNGKey(0))))
+
+
+def param_logical_axes(cfg: ModelConfig) -> dict:
+    """A PartitionSpec of logical axis names for every parameter."""
+    return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(cfg, jax.random.PRNGKey(0))))
