@@ -4,7 +4,6 @@ image-token positions (transformers' LlavaForConditionalGeneration)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import flax.linen as nn
@@ -50,16 +49,6 @@ class LlavaConfig:
         if not 0 <= self.image_token_id < self.text.vocab_size:
             raise ValueError(f"image_token_id={self.image_token_id} is outside the vocabulary "
                              f"(text.vocab_size={self.text.vocab_size})")
-
-    def to_json(self) -> str:
-        """JSON text that from_json reads back."""
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "LlavaConfig":
-        """Inverse of to_json."""
-        raw = json.loads(text)
-        return cls(vision=CLIPVisionConfig(**raw.pop("vision")), text=LlamaConfig(**raw.pop("text")), **raw)
 
 
 def splice_image_features(embeds: jax.Array, input_ids: jax.Array, features: jax.Array,

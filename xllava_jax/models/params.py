@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -50,3 +51,19 @@ def abstract_params(cfg: ModelConfig) -> dict:
 def param_logical_axes(cfg: ModelConfig) -> dict:
     """A PartitionSpec of logical axis names for every parameter."""
     return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(cfg, jax.random.PRNGKey(0))))
+
+
+def config_to_dict(cfg: LlavaConfig | LlamaConfig) -> dict:
+    """A JSON-ready dict of a model config, tagged with its kind ('llava' or 'llama')."""
+    return {"kind": "llava" if isinstance(cfg, LlavaConfig) else "llama", **dataclasses.asdict(cfg)}
+
+
+def config_from_dict(raw: dict) -> LlavaConfig | LlamaConfig:
+    """Inverse of config_to_dict."""
+    raw = dict(raw)
+    kind = raw.pop("kind", "llava")
+    if kind == "llama":
+        return LlamaConfig(**raw)
+    if kind != "llava":
+        raise ValueError(f"unknown model kind {kind!r} in model config; expected 'llava' or 'llama'")
+    return LlavaConfig(vision=CLIPVisionConfig(**raw.pop("vision")), text=LlamaConfig(**raw.pop("text")), **raw)

@@ -1,0 +1,89 @@
+"""Command line: Hugging Face directories <-> Orbax checkpoints.
+
+  python -m xllava_jax.convert hf-to-orbax --hf_dir D --out CKPT
+  python -m xllava_jax.convert hf-to-orbax --llama_dir L --clip_dir C --out CKPT   (fresh LLaVA, stage 1 start)
+  python -m xllava_jax.convert orbax-to-hf --checkpoint CKPT --out D [--tokenizer_dir T] [--dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from xllava_jax.convert import hf
+from xllava_jax.convert.layout import LLAVA_PREFIXES
+from xllava_jax.models.layers import DTYPES
+from xllava_jax.models.llava import LlavaConfig
+from xllava_jax.train import checkpoint
+
+log = logging.getLogger("xllava_jax.convert")
+
+
+def hf_to_orbax(args: argparse.Namespace) -> None:
+    """Import an HF LLaVA or LLaMA directory (or LLaMA + CLIP) into an Orbax checkpoint."""
+    if args.hf_dir:
+        kind = hf.read_hf_config(args.hf_dir).model_type
+        loader = {"llava": hf.load_hf_llava, "llama": hf.load_hf_llama}.get(kind)
+        if loader is None:
+            raise SystemExit(f"{args.hf_dir}: model_type {kind!r} is not supported (llava or llama); "
+                             "for a CLIP tower use --llama_dir with --clip_dir")
+        model, params = loader(args.hf_dir)
+    else:
+        model, params = hf.init_llava_from_hf(args.llama_dir, args.clip_dir, seed=args.seed,
+                                              projector_type=args.projector_type, new_rows_init=args.new_rows_init)
+    if args.dtype:
+        params = hf.cast_params(params, args.dtype)
+    out = checkpoint.save_params(args.out, params, model.cfg)
+    log.info("wrote %s (%s)", out, type(model.cfg).__name__)
+
+
+def orbax_to_hf(args: argparse.Namespace) -> None:
+    """Export an Orbax checkpoint (a step or a workdir: its latest step) to an HF directory."""
+    cfg, params = checkpoint.load_params(args.checkpoint)
+    if args.dtype:
+        params = hf.cast_params(params, args.dtype)
+    if isinstance(cfg, LlavaConfig):
+        hf.save_hf_llava(cfg, params, args.out, tokenizer_dir=args.tokenizer_dir, layout=args.layout)
+    else:
+        hf.save_hf_llama(cfg, params, args.out, tokenizer_dir=args.tokenizer_dir)
+    log.info("wrote %s", args.out)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the convert command."""
+    p = argparse.ArgumentParser(prog="python -m xllava_jax.convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("hf-to-orbax", help="HF directory -> Orbax checkpoint")
+    source = a.add_mutually_exclusive_group(required=True)
+    source.add_argument("--hf_dir", help="a LlavaForConditionalGeneration or LlamaForCausalLM directory")
+    source.add_argument("--llama_dir", help="an HF LLaMA/Vicuna directory (with --clip_dir): a fresh LLaVA")
+    a.add_argument("--clip_dir", help="an HF CLIPVisionModel or CLIPModel directory")
+    a.add_argument("--projector_type", default="mlp2x_gelu", help="projector of a fresh LLaVA")
+    a.add_argument("--new_rows_init", default="mean", help="init of the <image>/<pad> rows: mean | mean_cov | normal")
+    a.add_argument("--seed", type=int, default=0, help="seed of the fresh projector")
+    a.add_argument("--dtype", choices=sorted(DTYPES), help="cast params (default: keep the checkpoint's dtype)")
+    a.add_argument("--out", required=True, help="output checkpoint directory")
+    a.set_defaults(run=hf_to_orbax)
+    b = sub.add_parser("orbax-to-hf", help="Orbax checkpoint -> HF directory")
+    b.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a workdir (latest step)")
+    b.add_argument("--out", required=True, help="output HF directory")
+    b.add_argument("--tokenizer_dir", help="HF tokenizer files to include (adds the processor config for LLaVA)")
+    b.add_argument("--layout", default="llava-hf", choices=sorted(LLAVA_PREFIXES), help="LLaVA key layout")
+    b.add_argument("--dtype", choices=sorted(DTYPES), help="cast params (default: keep the checkpoint's dtype)")
+    b.set_defaults(run=orbax_to_hf)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    if getattr(args, "llama_dir", None) and not args.clip_dir:
+        parser().error("--llama_dir needs --clip_dir")
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
