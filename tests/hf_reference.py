@@ -51,7 +51,7 @@ def llava(seed: int = 0, text: dict | None = None, vision: dict | None = None,
     cfg = transformers.LlavaConfig(
         vision_config=transformers.CLIPVisionConfig(**{**VISION, **(vision or {})}).to_dict(),
         text_config=transformers.LlamaConfig(**{**TEXT, **(text or {})}).to_dict(),
-        image_token_index=IMAGE_TOKEN, **overrides)
+        **{"image_token_index": IMAGE_TOKEN, **overrides})
     cfg.pad_token_id = PAD_TOKEN
     return randomize(transformers.LlavaForConditionalGeneration(cfg), seed)
 

@@ -15,6 +15,7 @@ from xllava_jax.convert import hf
 from xllava_jax.convert.layout import LLAVA_PREFIXES
 from xllava_jax.models.layers import DTYPES
 from xllava_jax.models.llava import LlavaConfig
+from xllava_jax.models.params import with_param_dtype
 from xllava_jax.train import checkpoint
 
 log = logging.getLogger("xllava_jax.convert")
@@ -32,17 +33,18 @@ def hf_to_orbax(args: argparse.Namespace) -> None:
     else:
         model, params = hf.init_llava_from_hf(args.llama_dir, args.clip_dir, seed=args.seed,
                                               projector_type=args.projector_type, new_rows_init=args.new_rows_init)
+    cfg = model.cfg
     if args.dtype:
-        params = hf.cast_params(params, args.dtype)
-    out = checkpoint.save_params(args.out, params, model.cfg)
-    log.info("wrote %s (%s)", out, type(model.cfg).__name__)
+        params, cfg = hf.cast_params(params, args.dtype), with_param_dtype(cfg, args.dtype)
+    out = checkpoint.save_params(args.out, params, cfg)
+    log.info("wrote %s (%s)", out, type(cfg).__name__)
 
 
 def orbax_to_hf(args: argparse.Namespace) -> None:
     """Export an Orbax checkpoint (a step or a workdir: its latest step) to an HF directory."""
     cfg, params = checkpoint.load_params(args.checkpoint)
     if args.dtype:
-        params = hf.cast_params(params, args.dtype)
+        params, cfg = hf.cast_params(params, args.dtype), with_param_dtype(cfg, args.dtype)
     if isinstance(cfg, LlavaConfig):
         hf.save_hf_llava(cfg, params, args.out, tokenizer_dir=args.tokenizer_dir, layout=args.layout)
     else:
