@@ -1,0 +1,67 @@
+"""Execution settings change how the model runs, not what it computes: scan vs unrolled, remat
+policies and bfloat16 compute give the same logits and gradients (bf16 within its precision)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hf_reference as ref
+from xllava_jax.models import CLIPVisionConfig, LlamaConfig, LlavaConfig, build_model, init_params
+
+
+def config(**exec_kw) -> LlavaConfig:
+    return LlavaConfig(
+        vision=CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                                image_size=28, patch_size=14, **exec_kw),
+        text=LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, **exec_kw),
+        image_token_id=60, pad_token_id=61)
+
+
+def loss_and_grads(cfg: LlavaConfig, params):
+    model = build_model(cfg)
+    ids = np.tile(np.arange(12, dtype=np.int32), (2, 1))
+    ids[0, 2:2 + cfg.num_image_tokens] = cfg.image_token_id
+    images = ref.images_nhwc(1, cfg.vision.image_size)
+
+    def loss(p):
+        return jnp.mean(jax.nn.log_softmax(model.apply({"params": p}, ids, pixel_values=images))[..., 7])
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+BASE = config()
+PARAMS = init_params(BASE, jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("exec_kw", [dict(scan_layers=False), dict(remat_policy="full"),
+                                     dict(remat_policy="dots"), dict(remat_policy="dots_no_batch", scan_layers=False)])
+def test_scan_and_remat_do_not_change_results(exec_kw):
+    want_loss, want_grads = loss_and_grads(BASE, PARAMS)
+    got_loss, got_grads = loss_and_grads(config(**exec_kw), PARAMS)
+    assert ref.scaled_diff(got_loss, want_loss) < ref.TOLERANCE
+    for g, w in zip(jax.tree_util.tree_leaves(got_grads), jax.tree_util.tree_leaves(want_grads)):
+        assert ref.scaled_diff(g, w) < ref.TOLERANCE
+
+
+def test_bfloat16_compute_and_params_stay_close():
+    cfg = config(dtype="bfloat16", param_dtype="bfloat16")
+    bf16 = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), PARAMS)
+    want, _ = loss_and_grads(BASE, PARAMS)
+    got, grads = loss_and_grads(cfg, bf16)
+    assert all(g.dtype == jnp.bfloat16 for g in jax.tree_util.tree_leaves(grads))
+    assert abs(float(got) - float(want)) < 0.05 * abs(float(want))
+
+
+def test_unknown_settings_are_named():
+    with pytest.raises(ValueError, match="remat_policy='sometimes'"):
+        build_model(config(remat_policy="sometimes"))
+    with pytest.raises(ValueError, match="attention='flash'"):
+        build_model(config(attention="flash"))
+    with pytest.raises(ValueError, match="num_key_value_heads=3"):
+        build_model(dataclasses.replace(BASE, text=dataclasses.replace(BASE.text, num_key_value_heads=3)))
+    with pytest.raises(ValueError, match="image_token_id=64"):
+        build_model(dataclasses.replace(BASE, image_token_id=64))
