@@ -28,6 +28,7 @@ setup(
         "protobuf>=7.36",
         "sacrebleu>=2.6.0",
         "matplotlib>=3.11.2",
+        "tensorboardX>=2.6.5",
     ],
     extras_require={
         "cuda": ["jax[cuda12]>=0.10.2"],

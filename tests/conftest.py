@@ -101,3 +101,68 @@ def hf_llama_tokenizer_dir(spm_model_path, tmp_path_factory) -> Path:
 def llava_dataset(tmp_path_factory) -> Path:
     """Path of a small LLaVA-format JSONL (24 records, en/ko/zh, JPEGs under the same directory)."""
     return write_llava_dataset(tmp_path_factory.mktemp("llava_ds"))
+
+
+# ---- inference / evaluation fixtures (infer and eval tests) ----
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_hf_dir(hf_llama_tokenizer_dir, tmp_path_factory) -> Path:
+    """A random transformers LLaVA (16 image tokens, 56 px images) whose vocabulary fits the session
+    tokenizer (<image> = its image token), saved with the tokenizer files: a complete HF checkpoint."""
+    import hf_reference as ref
+    from xllava_jax.convert.hf import copy_tokenizer
+    from xllava_jax.tokenizer.spm import load_tokenizer
+
+    tok = load_tokenizer(hf_llama_tokenizer_dir)
+    path = tmp_path_factory.mktemp("tiny_llava_hf")
+    model = ref.llava(seed=21, text={"vocab_size": tok.vocab_size}, image_token_index=tok.image_token_id)
+    model.config.pad_token_id = tok.pad_id
+    model.save_pretrained(path)
+    copy_tokenizer(hf_llama_tokenizer_dir, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def question_set(tmp_path_factory) -> dict[str, Path]:
+    """LLaVA question JSONL (en/ko/zh, one text-only question) and its PNG images: {"questions", "image_root"}."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("questions")
+    (root / "img").mkdir()
+    rng = np.random.default_rng(0)
+    texts = ["What is in the picture?", "사진에 무엇이 있습니까?", "图片里有什么？", "Describe the colors.", "Hello?"]
+    lines = []
+    for i, text in enumerate(texts):
+        rec = {"question_id": f"q{i}", "text": text}
+        if i < 4:
+            Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 48, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
+            rec["image"] = f"img/{i}.png"
+        lines.append(json.dumps(rec, ensure_ascii=False))
+    (root / "questions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {"questions": root / "questions.jsonl", "image_root": root}
+
+
+# ---- training fixtures (tests/test_train_*.py; helpers in train_helpers.py) ----
+
+@pytest.fixture(scope="session")
+def demo_data_root(tmp_path_factory) -> Path:
+    """A small synthetic demo dataset (120 training scenes) with its tokenizers (tokenizer_en/, expanded tokenizer/)."""
+    from xllava_jax.train import demo
+
+    root = tmp_path_factory.mktemp("demo_data")
+    demo.prepare(root, num_train=120, num_eval=6)
+    return root
+
+
+@pytest.fixture(scope="session")
+def train_subprocess_env(tmp_path_factory) -> dict:
+    """Environment for training subprocesses: CPU, and one persistent XLA cache so repeated runs compile once."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env.pop("XLA_FLAGS", None)
+    return env

@@ -1,6 +1,5 @@
 """CLIP preprocessing against transformers' CLIPImageProcessor on PIL images of several sizes and modes."""
 
-import io
 
 import numpy as np
 import pytest

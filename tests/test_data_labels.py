@@ -1,6 +1,5 @@
 """Templates and labels: trained spans are exactly the assistant answers + `</s>`; ids equal LLaVA's tokenization."""
 
-import numpy as np
 import pytest
 from transformers import LlamaTokenizer
 

@@ -124,6 +124,17 @@ def test_truncated_and_dropped_are_counted(spm_model_path, llava_dataset):
     assert stats.kept + sum(stats.skipped.values()) == len(records)
 
 
+def test_no_usable_record_raises_instead_of_looping(spm_model_path, llava_dataset):
+    """Every record too long for max_len: the repeating training iterator raises, naming the reason."""
+    tok = load_tokenizer(spm_model_path)
+    records = formats.load_llava(llava_dataset, image_root=str(llava_dataset.parent))
+    proc = SampleProcessor(tok, "vicuna_v1", max_len=20, num_image_tokens=30, image_size=S)
+    sp = pipeline.BatchSpec(2, 20, tok.pad_id, image_shape=(S, S, 3))
+    it = iter(pipeline.make_pipeline(records, proc, sp, num_epochs=None))
+    with pytest.raises(pipeline.DataError, match=r"(no_trained_tokens|image_run_cut_by_truncation).*raise max_len"):
+        next(it)
+
+
 def test_length_grouping_keeps_modalities_apart():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 100, 64)

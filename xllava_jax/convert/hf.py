@@ -18,7 +18,7 @@ from xllava_jax.convert.layout import (CLIP_PREFIXES, LLAMA_PREFIXES, LLAVA_PREF
 from xllava_jax.convert.safetensors_io import StateDict, write_sharded
 from xllava_jax.models.clip import CLIPVisionTransformer
 from xllava_jax.models.layers import DTYPES
-from xllava_jax.models.llama import Llama
+from xllava_jax.models.llama import Llama, LlamaConfig
 from xllava_jax.models.llava import Llava, LlavaConfig
 from xllava_jax.models.params import abstract_params, build_model, init_params
 from xllava_jax.models.vocab import grow_vocab

@@ -14,7 +14,7 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
 def _dtype_name(hf: Any, default: str = "float32") -> str:
-    dtype = getattr(hf, "dtype", None) or getattr(hf, "torch_dtype", None)
+    dtype = getattr(hf, "dtype", None)  # transformers 5 reads a config.json "torch_dtype" into dtype
     name = str(dtype).replace("torch.", "") if dtype is not None else default
     return name if name in DTYPE_NAMES else default
 

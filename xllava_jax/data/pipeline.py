@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import grain
 import numpy as np
 
 from xllava_jax.data.length_grouping import length_grouped_order, record_length
 from xllava_jax.data.processing import SKIP
-from xllava_jax.data.report import DataStats
+from xllava_jax.data.report import DataError, DataStats
 from xllava_jax.data.sequences import collate, fits, num_images
 
 FOREVER = 1_000_000  # epochs when num_epochs is None
@@ -98,6 +98,7 @@ class BatchSpec:
     max_images_per_row: int = 1
     image_shape: tuple[int, int, int] = (336, 336, 3)
     drop_remainder: bool = True
+    max_consecutive_skips: int = 0  # this many bad records in a row raise DataError (0: never); make_pipeline: 2 x shard
 
 
 class BatchDataset(grain.IterDataset):
@@ -124,6 +125,7 @@ class BatchIterator(grain.DatasetIterator):
 
     def _pull(self) -> tuple[dict | None, dict]:
         """Next good example (skip markers counted) and the parent state before it; None at the end."""
+        run = 0
         while True:
             state = self._parent.get_state()
             try:
@@ -132,6 +134,11 @@ class BatchIterator(grain.DatasetIterator):
                 return None, state
             if SKIP in ex:
                 self.stats.skip(ex["id"], ex[SKIP], ex.get("detail", ""))
+                run += 1
+                if run == self.spec.max_consecutive_skips:
+                    raise DataError(f"{run} records in a row were skipped (a whole epoch of this shard): no usable data; skipped "
+                                    f"so far {dict(self.stats.skipped)}, e.g. {self.stats.examples} "
+                                    "(see the warnings above; for no_trained_tokens raise max_len)")
                 continue
             return ex, state
 
@@ -210,4 +217,8 @@ def make_pipeline(source: Any, process: Callable[[dict], dict], spec: BatchSpec,
     if num_workers > 0:
         _ensure_absl_flags_parsed()
         ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    if not spec.max_consecutive_skips:
+        # a run this long spans a whole epoch of the shard (runs across one epoch boundary stay below it)
+        shard = len(shard_indices(len(source), *process_shard(shard_index, shard_count)))
+        spec = dataclasses.replace(spec, max_consecutive_skips=2 * max(shard, 1))
     return BatchDataset(ids, spec, stats)

@@ -19,6 +19,7 @@ MISSING_LANGUAGE = "missing_language"
 NO_TRAINED_TOKENS = "no_trained_tokens"
 IMAGE_RUN_CUT = "image_run_cut_by_truncation"
 TOO_MANY_IMAGES = "too_many_images_for_row"
+LOGGED_PER_REASON = 5  # skips logged one by one per reason; later ones every thousandth
 
 
 class DataError(ValueError):
@@ -44,7 +45,9 @@ class DataStats:
         self.examples.setdefault(reason, [])
         if len(self.examples[reason]) < 5:
             self.examples[reason].append(record_id)
-        log.warning("skipping %s", msg)
+        count = self.skipped[reason]
+        if count <= LOGGED_PER_REASON or count % 1000 == 0:  # the first few, then every thousandth
+            log.warning("skipping %s%s", msg, f" [{count} skipped for {reason} so far]" if count > 1 else "")
 
     def merge(self, other: "DataStats") -> "DataStats":
         """Add `other`'s counts into this one and return self."""

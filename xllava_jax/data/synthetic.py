@@ -123,14 +123,32 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def dataset_paths(out: str | Path) -> dict[str, Path]:
+    """The files of a dataset written by `write_dataset` under `out`."""
+    out = Path(out)
+    paths = {"root": out, **{k: out / f"{k}.jsonl" for k in ("captions", "qa", "questions")}}
+    for lang in LANGS:
+        paths[f"text_{lang}"] = out / f"text_{lang}.txt"
+        paths[f"heldout_text_{lang}"] = out / f"heldout_text_{lang}.txt"
+    return paths
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    """Write lines of text (UTF-8)."""
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
 def write_dataset(out: str | Path, num_train: int = 600, num_eval: int = 60, image_size: int = 64,
                   seed: int = 0) -> dict[str, Path]:
-    """Images, stage-1 captions, stage-2 QA, stage-0 corpora and held-out questions under `out`.
+    """Images, stage-1 captions, stage-2 QA, stage-0 corpora, held-out questions and held-out text under `out`.
 
     Held-out questions use LLaVA's question format plus `lang` and `answer`:
-    {"question_id", "image", "text", "lang", "kind", "answer"}.
+    {"question_id", "image", "text", "lang", "kind", "answer"}. Held-out text (for the tokenizer
+    report) describes the held-out scenes.
     """
-    out = Path(out)
+    paths = dataset_paths(out)
+    out = paths["root"]
     (out / "images").mkdir(parents=True, exist_ok=True)
     train, held_out = random_scenes(num_train, seed), random_scenes(num_eval, seed + 1)
     kinds = list(QUESTIONS)
@@ -149,12 +167,13 @@ def write_dataset(out: str | Path, num_train: int = 600, num_eval: int = 60, ima
             for lang in LANGS:
                 questions.append({"question_id": f"{i}_{kind}_{lang}", "image": name, "text": QUESTIONS[kind][lang],
                                   "lang": lang, "kind": kind, "answer": answer(scene, kind, lang)})
-    paths = {"root": out, "captions": write_jsonl(out / "captions.jsonl", captions),
-             "qa": write_jsonl(out / "qa.jsonl", qa), "questions": write_jsonl(out / "questions.jsonl", questions)}
+    write_jsonl(paths["captions"], captions)
+    write_jsonl(paths["qa"], qa)
+    write_jsonl(paths["questions"], questions)
     text_scenes = random_scenes(num_train, seed + 2)
     for lang in LANGS:
-        paths[f"text_{lang}"] = out / f"text_{lang}.txt"
-        paths[f"text_{lang}"].write_text("\n".join(text_corpus(text_scenes, lang)) + "\n", encoding="utf-8")
+        write_lines(paths[f"text_{lang}"], text_corpus(text_scenes, lang))
+        write_lines(paths[f"heldout_text_{lang}"], text_corpus(held_out, lang))
     return paths
 
 

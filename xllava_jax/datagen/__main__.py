@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Sequence
 
+from xllava_jax.cli import run_subcommand
 from xllava_jax.datagen.mvif import MvifConfig, run_mvif, summary_json
 from xllava_jax.datagen.prompts import DEFAULT_TURNS, MVIF_TYPES
 from xllava_jax.datagen.translate import TranslateConfig, agreement_bleu, export_language, load_translator, run_translate
@@ -153,9 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    return args.fn(args)
+    return run_subcommand(build_parser, argv)
 
 
 if __name__ == "__main__":

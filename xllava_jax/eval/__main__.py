@@ -1,13 +1,14 @@
-"""CLI: ``python -m xllava_jax.eval <command>``; ``judge`` runs preference evaluation (``run`` comes later)."""
+"""CLI: ``python -m xllava_jax.eval <command>``: ``run`` scores a model on a benchmark, ``judge`` runs
+preference evaluation."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Sequence
 
+from xllava_jax.cli import run_subcommand
 from xllava_jax.eval.judge import JudgeConfig, run_judge
 from xllava_jax.openai_api import ApiConfig, ChatClient
 
@@ -30,10 +31,41 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Answer and score one benchmark."""
+    from xllava_jax.eval.benchmarks import read_records
+    from xllava_jax.eval.runner import evaluate
+    from xllava_jax.infer.__main__ import build_engine, generation_config
+
+    engine = build_engine(args)
+    scores = evaluate(engine.model, engine.params, engine.tokenizer, args.benchmark, read_records(args.data),
+                      image_root=args.image_root, template=args.template, config=generation_config(args),
+                      out_dir=args.out, instruction=args.instruction, default_lang=args.lang, mesh=engine.mesh,
+                      model_id=args.model_id or args.checkpoint, progress=not args.no_progress)
+    print(json.dumps(scores, ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The eval argument parser (subcommands)."""
     p = argparse.ArgumentParser(prog="python -m xllava_jax.eval", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    from xllava_jax.eval.benchmarks import BENCHMARKS
+    from xllava_jax.infer.__main__ import add_model_args
+
+    r = sub.add_parser("run", help="answer and score a benchmark (vqav2, gqa, pope, mmbench, bvqa; multilingual "
+                                   "when records carry lang)",
+                       description="Writes OUT/answers.jsonl (resumable) and OUT/scores.json.")
+    add_model_args(r, max_new_tokens=128)
+    r.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
+    r.add_argument("--data", required=True, help="benchmark file (.jsonl, .json or MMBench .tsv)")
+    r.add_argument("--image_root", help="directory the record images are relative to")
+    r.add_argument("--out", required=True, help="output directory")
+    r.add_argument("--instruction", help="replace the instruction line after each question ('' = none)")
+    r.add_argument("--lang", default="en", help="language of records without a lang field")
+    r.add_argument("--model_id", help="model_id written in each answer (default: the checkpoint path)")
+    r.add_argument("--no_progress", action="store_true", help="no progress bar")
+    r.set_defaults(fn=cmd_run)
     j = sub.add_parser("judge", help="preference evaluation of two models' answers by a vision judge",
                        description="Judge answers A and B for each image+question in both orders (X-LLaVA "
                                    "section 6); writes judgements, summary.json, table.md, chart.png.",
@@ -59,9 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    return args.fn(args)
+    return run_subcommand(build_parser, argv)
 
 
 if __name__ == "__main__":

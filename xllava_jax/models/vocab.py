@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 import numpy as np
 
 from xllava_jax.models.llama import LlamaConfig
 
 INIT_METHODS = ("mean", "mean_cov", "normal")
+COV_SCALE = 1e-5  # llava-hf: N(mean, 1e-5 * covariance) of the old rows
+NORMAL_STD = 0.02  # LLaMA's initializer_range
 
 
 def padded_size(size: int, multiple: int | None) -> int:
@@ -20,38 +23,73 @@ def new_rows(old: np.ndarray, count: int, method: str, rng: np.random.Generator)
     """`count` rows [count, H] initialised from the old rows [V, H].
 
     mean: the mean of the old rows (LLaVA); mean_cov: samples of N(mean, 1e-5 * covariance)
-    of the old rows (llava-hf); normal: N(0, 0.02^2).
+    of the old rows (llava-hf); normal: N(0, 0.02^2) (the paper's random init).
     """
-    old32 = old.astype(np.float32)
-    if method == "mean":
-        rows = np.broadcast_to(old32.mean(axis=0), (count, old.shape[1]))
-    elif method == "mean_cov":
-        mean = old32.mean(axis=0)
-        centred = old32 - mean
-        cov = centred.T @ centred / old.shape[0]
-        rows = rng.multivariate_normal(mean, 1e-5 * cov, size=count, method="cholesky" if count else "svd")
-    elif method == "normal":
-        rows = rng.normal(0.0, 0.02, size=(count, old.shape[1]))
-    else:
+    if method not in INIT_METHODS:
         raise ValueError(f"vocabulary init method {method!r}; expected one of {INIT_METHODS}")
-    return np.asarray(rows, dtype=old.dtype)
+    if count == 0:
+        return np.zeros((0, old.shape[1]), old.dtype)
+    if method == "normal":
+        return rng.normal(0.0, NORMAL_STD, size=(count, old.shape[1])).astype(old.dtype)
+    old32 = np.asarray(old, np.float32)
+    mean = old32.mean(axis=0)
+    if method == "mean":
+        return np.broadcast_to(mean, (count, old.shape[1])).astype(old.dtype)
+    centred = old32 - mean
+    cov = COV_SCALE * (centred.T @ centred / old.shape[0]).astype(np.float64)
+    try:
+        rows = rng.multivariate_normal(mean, cov, size=count, method="cholesky")
+    except np.linalg.LinAlgError:  # singular covariance (fewer old rows than hidden units)
+        rows = rng.multivariate_normal(mean, cov, size=count, method="eigh")
+    return rows.astype(old.dtype)
+
+
+def grow_rows(old: np.ndarray, target: int, method: str, rng: np.random.Generator,
+              moved: Mapping[int, int] | None = None) -> np.ndarray:
+    """Rows [target, H]: the old rows [V, H] bit-identical at their ids, then new rows.
+
+    `moved` maps old ids to new ids whose rows move with their token (LLaVA's `<image>`
+    and `<pad>` when pieces are appended before them); the rows they vacate are new
+    tokens and are initialised like the appended rows.
+    """
+    moved = {int(a): int(b) for a, b in (moved or {}).items() if a != b}
+    vacated = sorted(set(moved) - set(moved.values()))
+    for old_id, new_id in moved.items():
+        if not (0 <= old_id < old.shape[0] and 0 <= new_id < target):
+            raise ValueError(f"cannot move row {old_id} to {new_id}: vocabulary {old.shape[0]} -> {target}")
+    fresh = new_rows(old, target - old.shape[0] + len(vacated), method, rng)
+    grown = np.concatenate([np.asarray(old), fresh[: target - old.shape[0]]], axis=0)
+    for old_id, new_id in moved.items():
+        grown[new_id] = old[old_id]
+    for i, old_id in enumerate(vacated):
+        grown[old_id] = fresh[target - old.shape[0] + i]
+    return grown
+
+
+def grow_tables(embedding: np.ndarray, head_rows: np.ndarray | None, target: int, method: str = "mean",
+                seed: int = 0, moved: Mapping[int, int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The input embedding [V, H] and the LM head as rows [V, H] (None when tied) grown to `target` rows."""
+    if target < embedding.shape[0]:
+        raise ValueError(f"cannot shrink the vocabulary from {embedding.shape[0]} to {target}")
+    rng = np.random.default_rng(seed)
+    grown = grow_rows(embedding, target, method, rng, moved)
+    return grown, None if head_rows is None else grow_rows(head_rows, target, method, rng, moved)
 
 
 def grow_vocab(lm_params: dict, cfg: LlamaConfig, new_size: int, method: str = "mean",
-               seed: int = 0, pad_to_multiple: int | None = None) -> tuple[dict, LlamaConfig]:
+               seed: int = 0, pad_to_multiple: int | None = None,
+               moved: Mapping[int, int] | None = None) -> tuple[dict, LlamaConfig]:
     """Decoder params and config with the vocabulary grown to `new_size` (then padded).
 
-    Old rows are kept bit-identical; only embed_tokens and lm_head change.
+    Old rows are kept bit-identical (see grow_rows for `moved`); only embed_tokens and lm_head change.
     """
     target = padded_size(new_size, pad_to_multiple)
     if target < cfg.vocab_size:
         raise ValueError(f"cannot shrink the vocabulary from {cfg.vocab_size} to {target}")
-    count = target - cfg.vocab_size
-    rng = np.random.default_rng(seed)
-    embedding = np.asarray(lm_params["embed_tokens"]["embedding"])
-    grown = dict(lm_params, embed_tokens={"embedding": np.concatenate(
-        [embedding, new_rows(embedding, count, method, rng)], axis=0)})
-    if "lm_head" in lm_params:
-        head = np.asarray(lm_params["lm_head"]["kernel"]).T
-        grown["lm_head"] = {"kernel": np.concatenate([head, new_rows(head, count, method, rng)], axis=0).T}
+    head = np.asarray(lm_params["lm_head"]["kernel"]).T if "lm_head" in lm_params else None
+    embedding, head = grow_tables(np.asarray(lm_params["embed_tokens"]["embedding"]), head, target, method, seed,
+                                  moved)
+    grown = dict(lm_params, embed_tokens={"embedding": embedding})
+    if head is not None:
+        grown["lm_head"] = {"kernel": head.T}
     return grown, dataclasses.replace(cfg, vocab_size=target)

@@ -65,3 +65,56 @@ def load_params(path: str | os.PathLike, shardings: Any = None) -> tuple[ModelCo
         restored = checkpointer.restore(directory, args=ocp.args.Composite(**{
             PARAMS: ocp.args.StandardRestore(abstract)}))
     return cfg, restored[PARAMS]
+
+
+# ---- training checkpoints: <workdir>/checkpoints/<step>/{params, opt_state, data_state, train_state, model_config}
+
+OPT_STATE = "opt_state"
+DATA_STATE = "data_state"
+TRAIN_STATE = "train_state"
+ITEMS = (PARAMS, OPT_STATE, DATA_STATE, TRAIN_STATE, MODEL_CONFIG)
+
+
+class TrainCheckpoints:
+    """Orbax CheckpointManager over a workdir: async saves, keep-N, the latest *complete* step on restore.
+
+    A step directory becomes visible only once Orbax has finalized it, so a save cut short by a kill
+    leaves a temporary directory that is ignored (and cleaned up) by the next run.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True):
+        self.directory = Path(workdir).absolute() / "checkpoints"
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+                                               cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+
+    def latest_step(self) -> int | None:
+        """The newest complete step, or None."""
+        return self.manager.latest_step()
+
+    def save(self, step: int, params: Any, opt_state: Any, data_state: dict, train_state: dict, cfg: ModelConfig,
+             force: bool = True) -> bool:
+        """Start saving one step (returns once arrays are copied off the devices; writing goes on async)."""
+        return self.manager.save(step, args=ocp.args.Composite(**{
+            PARAMS: ocp.args.StandardSave(params), OPT_STATE: ocp.args.StandardSave(opt_state),
+            DATA_STATE: ocp.args.JsonSave(data_state), TRAIN_STATE: ocp.args.JsonSave(train_state),
+            MODEL_CONFIG: ocp.args.JsonSave(config_to_dict(cfg))}), force=force)
+
+    def restore(self, step: int, abstract_params_tree: Any, abstract_opt_state: Any) -> dict:
+        """{params, opt_state, data_state, train_state} of `step`, arrays placed by the abstract trees' shardings."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(**{
+            PARAMS: ocp.args.StandardRestore(abstract_params_tree), OPT_STATE: ocp.args.StandardRestore(abstract_opt_state),
+            DATA_STATE: ocp.args.JsonRestore(), TRAIN_STATE: ocp.args.JsonRestore()}))
+        return {k: restored[k] for k in (PARAMS, OPT_STATE, DATA_STATE, TRAIN_STATE)}
+
+    def step_dir(self, step: int) -> Path:
+        """Directory of one step."""
+        return self.directory / str(step)
+
+    def wait(self) -> None:
+        """Block until pending async saves are written."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager."""
+        self.manager.close()

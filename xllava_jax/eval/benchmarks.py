@@ -1,0 +1,237 @@
+"""Benchmarks: how each one's records become prompts and how its answers are scored.
+
+Record formats (one JSON object per line; `lang` optional, default "en"; see README "Evaluation"):
+- vqav2:   {"question_id", "image", "text", "answers": [10 annotator answers]}      -> VQA accuracy
+- gqa:     {"question_id", "image", "text", "answer"}                                -> exact match
+- pope:    {"question_id", "image", "text", "label": "yes"|"no", "category"}         -> POPE F1 etc.
+- mmbench: MMBench TSV (index, question, hint, A..E, answer, image base64) or JSONL with
+           the same keys and `image` as a path                                       -> circular accuracy
+- bvqa:    {"question_id", "image", "text", "answer", "lang", "answer_lang"}         -> exact match per pair
+A multilingual version is the same records with `lang` set (or parallel `{lang: text}` values);
+scores are then given per language with the non-English average.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Callable, Mapping, Sequence
+
+from xllava_jax.data.multilingual.phrasings import BVQA_INSTRUCTION, phrase_language
+from xllava_jax.datagen.store import read_jsonl
+from xllava_jax.eval.metrics import (gqa_match, mmbench_circular, mmbench_extract, mmbench_rotations,
+                                     normalize_answer, pope_metrics, vqa_accuracy)
+from xllava_jax.infer.answers import Question
+
+SHORT_ANSWER = {"en": "Answer the question using a single word or phrase.",  # LLaVA's short-answer instruction
+                "ko": "한 단어나 짧은 구로 답하세요.", "zh": "请用一个单词或短语回答问题。"}
+OPTION_LETTER = {"en": "Answer with the option's letter from the given choices directly.",
+                 "zh": "请直接回答选项字母。",  # LLaVA's MMBench-CN instruction
+                 "ko": "주어진 선택지 중 해당 옵션의 문자로 직접 답하세요."}
+OPTION_KEYS = ("A", "B", "C", "D", "E", "F")
+PARALLEL_FIELDS = ("text", "question", "hint", "answer", "answers", *OPTION_KEYS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """A benchmark: records -> questions (with gold fields in metadata), and scored answers -> metrics."""
+
+    name: str
+    items: Callable[[dict, str | None], list[Question]]  # (record, instruction override) -> questions
+    score: Callable[[Sequence[Question], Sequence[str]], dict]  # metrics of (questions, predictions)
+    metric: str  # the headline metric in the score dict
+
+
+def instruction(table: Mapping[str, str], lang: str, override: str | None) -> str:
+    """The instruction appended to a question: `override` if given, else the table's phrase in `lang` (English fallback)."""
+    return override if override is not None else table.get(lang, table["en"])
+
+
+def with_instruction(text: str, extra: str) -> str:
+    """`text` followed by an instruction line (none when empty)."""
+    return f"{text}\n{extra}" if extra else text
+
+
+def require(record: dict, *keys: str) -> None:
+    """Raise ValueError naming the record and the fields it lacks."""
+    missing = [k for k in keys if k not in record or record[k] in (None, "")]
+    if missing:
+        rid = record.get("question_id", record.get("index", "?"))
+        raise ValueError(f"record {rid!r} lacks {', '.join(missing)}")
+
+
+def short_answer_items(gold: Sequence[str]) -> Callable[[dict, str | None], list[Question]]:
+    """Items of a short-answer benchmark whose records carry the gold fields `gold`."""
+    def items(record: dict, override: str | None) -> list[Question]:
+        require(record, "question_id", "text", *gold)
+        lang = record.get("lang", "en")
+        meta = {k: record[k] for k in (*gold, "category") if k in record}
+        return [Question(record["question_id"], with_instruction(record["text"], instruction(SHORT_ANSWER, lang, override)),
+                         record.get("image") or None, {**meta, "lang": lang})]
+    return items
+
+
+def vqa_answers(answers: Sequence[Any]) -> list[str]:
+    """Annotator answers as strings (VQA annotation dicts {"answer": ...} or plain strings)."""
+    return [a["answer"] if isinstance(a, Mapping) else str(a) for a in answers]
+
+
+def score_vqav2(questions: Sequence[Question], preds: Sequence[str]) -> dict:
+    """Mean VQA accuracy."""
+    return {"accuracy": mean(vqa_accuracy(p, vqa_answers(q.metadata["answers"])) for q, p in zip(questions, preds))}
+
+
+def score_gqa(questions: Sequence[Question], preds: Sequence[str]) -> dict:
+    """Exact-match accuracy (LLaVA's GQA rule)."""
+    return {"accuracy": mean(gqa_match(p, str(q.metadata["answer"])) for q, p in zip(questions, preds))}
+
+
+def score_pope(questions: Sequence[Question], preds: Sequence[str]) -> dict:
+    """POPE metrics overall and per category (random / popular / adversarial)."""
+    out = pope_metrics(list(preds), [q.metadata["label"] for q in questions])
+    categories = sorted({str(q.metadata.get("category")) for q in questions if q.metadata.get("category")})
+    if categories:
+        out["by_category"] = {c: pope_metrics([p for q, p in zip(questions, preds) if q.metadata.get("category") == c],
+                                              [q.metadata["label"] for q in questions if q.metadata.get("category") == c])
+                              for c in categories}
+    return out
+
+
+def mmbench_options(record: dict) -> dict[str, str]:
+    """The record's non-empty options A, B, ... in order."""
+    return {k: str(record[k]) for k in OPTION_KEYS if isinstance(record.get(k), str) and record[k].strip()
+            and record[k].strip().lower() != "nan"}
+
+
+def mmbench_question(record: dict, options: Mapping[str, str], extra: str) -> str:
+    """LLaVA's MMBench prompt: hint, question, one "A. option" line per option, then the instruction."""
+    hint = record.get("hint")
+    text = str(record["question"])
+    if isinstance(hint, str) and hint.strip() and hint.strip().lower() != "nan":
+        text = f"{hint}\n{text}"
+    text += "".join(f"\n{k}. {v}" for k, v in options.items())
+    return with_instruction(text, extra)
+
+
+def mmbench_items(record: dict, override: str | None) -> list[Question]:
+    """One question per circular rotation of the options, sharing the record's index."""
+    require(record, "index", "question", "answer", "A", "B")
+    options = mmbench_options(record)
+    if record["answer"] not in options:
+        raise ValueError(f"record {record['index']!r}: answer {record['answer']!r} is not one of {list(options)}")
+    lang = record.get("lang", "en")
+    out = []
+    for r, (rotated, letter) in enumerate(mmbench_rotations(options, record["answer"])):
+        text = mmbench_question(record, rotated, instruction(OPTION_LETTER, lang, override))
+        out.append(Question(f"{record['index']}_r{r}", text, record.get("image") or None,
+                            {"index": record["index"], "options": rotated, "answer": letter, "lang": lang,
+                             **({"category": record["category"]} if record.get("category") else {})}))
+    return out
+
+
+def score_mmbench(questions: Sequence[Question], preds: Sequence[str]) -> dict:
+    """Circular accuracy, plus the accuracy of the unrotated pass alone."""
+    results = [{"question_id": q.metadata["index"], "answer": q.metadata["answer"],
+                "pred": mmbench_extract(p, q.metadata["options"])} for q, p in zip(questions, preds)]
+    first = [r for q, r in zip(questions, results) if str(q.question_id).endswith("_r0")]
+    return {**mmbench_circular(results), "single_pass_accuracy": mean(r["pred"] == r["answer"] for r in first)}
+
+
+def bvqa_items(record: dict, override: str | None) -> list[Question]:
+    """The question in `lang` with the training-time instruction asking for an answer in `answer_lang`."""
+    require(record, "question_id", "text", "answer", "lang", "answer_lang")
+    extra = override if override is not None else phrase_language(BVQA_INSTRUCTION, record["lang"],
+                                                                   record["answer_lang"])
+    pair = f"{record['lang']}->{record['answer_lang']}"
+    return [Question(record["question_id"], with_instruction(record["text"], extra), record.get("image") or None,
+                     {"answer": record["answer"], "lang": pair})]
+
+
+def short_match(pred: str, gold: str) -> bool:
+    """Exact match after EvalAI normalization, ignoring a final full stop of any script."""
+    strip = lambda s: normalize_answer(str(s).strip().rstrip(".。．!！"))  # noqa: E731
+    return strip(pred) == strip(gold)
+
+
+def score_bvqa(questions: Sequence[Question], preds: Sequence[str]) -> dict:
+    """Exact-match accuracy of answers in the requested language."""
+    return {"accuracy": mean(short_match(p, q.metadata["answer"]) for q, p in zip(questions, preds))}
+
+
+def mean(values: Any) -> float:
+    """Mean of an iterable of numbers or bools (0.0 when empty)."""
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else 0.0
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "vqav2": Benchmark("vqav2", short_answer_items(["answers"]), score_vqav2, "accuracy"),
+    "gqa": Benchmark("gqa", short_answer_items(["answer"]), score_gqa, "accuracy"),
+    "pope": Benchmark("pope", short_answer_items(["label"]), score_pope, "f1"),
+    "mmbench": Benchmark("mmbench", mmbench_items, score_mmbench, "accuracy"),
+    "bvqa": Benchmark("bvqa", bvqa_items, score_bvqa, "accuracy"),
+}
+
+
+def get_benchmark(name: str | Benchmark) -> Benchmark:
+    """The benchmark called `name` (a Benchmark passes through)."""
+    if isinstance(name, Benchmark):
+        return name
+    if name not in BENCHMARKS:
+        raise KeyError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
+    return BENCHMARKS[name]
+
+
+def expand_parallel(record: dict) -> list[dict]:
+    """A record whose text fields are `{lang: value}` objects -> one record per language (ids get `_lang`)."""
+    langs = next((list(record[k]) for k in ("text", "question") if isinstance(record.get(k), dict)), None)
+    if not langs:
+        return [record]
+    out = []
+    for lang in langs:
+        rec = {k: (v.get(lang) if k in PARALLEL_FIELDS and isinstance(v, dict) else v) for k, v in record.items()}
+        for key in ("question_id", "index"):
+            if key in rec:
+                rec[key] = f"{rec[key]}_{lang}"
+        out.append({**rec, "lang": lang})
+    return out
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """Records of a .jsonl, .json (list) or .tsv file (TSV `image` cells are base64-encoded images)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"benchmark data {path} does not exist")
+    if path.endswith(".tsv"):
+        csv.field_size_limit(sys.maxsize)
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        for row in rows:
+            if row.get("image"):
+                row["image"] = base64.b64decode(row["image"])
+        return rows
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of records")
+        return data
+    return list(read_jsonl(path))
+
+
+def build_questions(benchmark: Benchmark, records: Sequence[dict], instruction_override: str | None = None,
+                    default_lang: str = "en") -> list[Question]:
+    """Every question of a benchmark's records (parallel records expanded per language)."""
+    out: list[Question] = []
+    for record in records:
+        for rec in expand_parallel(record):
+            out += benchmark.items({"lang": default_lang, **rec}, instruction_override)
+    ids = [q.question_id for q in out]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"{benchmark.name}: question id {dup!r} appears more than once")
+    return out

@@ -1,0 +1,70 @@
+"""Running a benchmark: answer its questions with the model (resumable answer file), then score them,
+overall and per language (non-English average as LRM-LLaVA reports)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from jax.sharding import Mesh
+
+from xllava_jax.data.templates import get_template
+from xllava_jax.datagen.store import read_jsonl
+from xllava_jax.eval.benchmarks import Benchmark, build_questions, get_benchmark
+from xllava_jax.eval.metrics import language_summary
+from xllava_jax.infer.answers import Question, answer_questions
+from xllava_jax.infer.generate import Engine, GenerationConfig
+
+ANSWERS_FILE = "answers.jsonl"
+SCORES_FILE = "scores.json"
+EVAL_CONFIG = GenerationConfig(max_new_tokens=128)  # LLaVA's evaluation: greedy, 128 new tokens
+
+
+def score_answers(benchmark: Benchmark, questions: Sequence[Question], answers: dict[Any, str]) -> dict:
+    """Scores of `answers` {question_id: text}: overall, and per language when there are several."""
+    missing = [q.question_id for q in questions if q.question_id not in answers]
+    if missing:
+        raise ValueError(f"{benchmark.name}: {len(missing)} questions have no answer, e.g. {missing[0]!r}")
+    preds = [answers[q.question_id] for q in questions]
+    overall = benchmark.score(questions, preds)
+    scores: dict[str, Any] = {"benchmark": benchmark.name, "metric": benchmark.metric, "questions": len(questions),
+                              "score": overall[benchmark.metric], "overall": overall}
+    langs = sorted({q.metadata.get("lang", "en") for q in questions})
+    if len(langs) > 1:
+        by_lang = {}
+        for lang in langs:
+            rows = [(q, p) for q, p in zip(questions, preds) if q.metadata.get("lang", "en") == lang]
+            by_lang[lang] = benchmark.score([q for q, _ in rows], [p for _, p in rows])
+        scores["by_language"] = by_lang
+        scores.update(language_summary({k: v[benchmark.metric] for k, v in by_lang.items()}))
+    return scores
+
+
+def evaluate(model: Any, params: Any, tokenizer: Any, benchmark: str | Benchmark, records: Sequence[dict], *,
+             image_root: str | None = None, template: str = "vicuna_v1", config: GenerationConfig = EVAL_CONFIG,
+             out_dir: str | os.PathLike | None = None, instruction: str | None = None, default_lang: str = "en",
+             mesh: Mesh | None = None, model_id: str = "xllava", progress: bool = False) -> dict:
+    """Answer a benchmark's records with the model and return its scores.
+
+    With `out_dir`, answers go to `out_dir/answers.jsonl` (resumable: answered ids are skipped)
+    and scores to `out_dir/scores.json`. `instruction` replaces the benchmark's instruction line
+    ("" for none, e.g. for a model trained without it).
+    """
+    bench = get_benchmark(benchmark)
+    questions = build_questions(bench, records, instruction, default_lang)
+    engine = Engine(model, params, tokenizer, mesh)
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(out_dir) if out_dir is not None else Path(scratch)
+        directory.mkdir(parents=True, exist_ok=True)
+        answers_path = directory / ANSWERS_FILE
+        answer_questions(engine, get_template(template), questions, answers_path, image_root=image_root,
+                         model_id=model_id, config=config, progress=progress)
+        answers = {r["question_id"]: r["text"] for r in read_jsonl(answers_path)}
+        scores = score_answers(bench, questions, answers)
+        if out_dir is not None:
+            (directory / SCORES_FILE).write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n",
+                                                 encoding="utf-8")
+    return scores

@@ -1,0 +1,77 @@
+"""Loading a model for inference: an Orbax checkpoint (or training workdir) or a Hugging Face
+directory, and the tokenizer that goes with it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from jax.sharding import Mesh
+
+from xllava_jax.convert.hf import load_hf_llama, load_hf_llava, read_hf_config
+from xllava_jax.models.llama import Llama, LlamaConfig
+from xllava_jax.models.llava import Llava, LlavaConfig
+from xllava_jax.models.params import abstract_params, build_model, param_logical_axes
+from xllava_jax.tokenizer.spm import Tokenizer, load_tokenizer
+from xllava_jax.train.checkpoint import load_config, load_params
+from xllava_jax.train.sharding import tree_shardings
+
+
+def is_hf_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` is a transformers model directory (has config.json)."""
+    return (Path(path) / "config.json").is_file()
+
+
+def with_dtype(cfg: LlavaConfig | LlamaConfig, dtype: str) -> LlavaConfig | LlamaConfig:
+    """The config computing in `dtype` (every tower)."""
+    if isinstance(cfg, LlavaConfig):
+        return dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, dtype=dtype),
+                                   text=dataclasses.replace(cfg.text, dtype=dtype))
+    return dataclasses.replace(cfg, dtype=dtype)
+
+
+def load_model(checkpoint: str | os.PathLike, *, dtype: str | None = None, mesh: Mesh | None = None
+               ) -> tuple[Llava | Llama, Any]:
+    """(model, params) of an Orbax checkpoint / training workdir (latest step) or an HF LLaVA or LLaMA directory.
+
+    `dtype` sets the compute dtype (params keep their stored dtype); with `mesh`, Orbax params
+    are restored straight onto their training shardings.
+    """
+    if not os.path.exists(checkpoint):
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    kwargs = {"dtype": dtype} if dtype else {}
+    if is_hf_dir(checkpoint):
+        model_type = read_hf_config(checkpoint).model_type
+        if model_type == "llava":
+            return load_hf_llava(checkpoint, **kwargs)
+        if model_type == "llama":
+            return load_hf_llama(checkpoint, **kwargs)
+        raise ValueError(f"{checkpoint}/config.json has model_type {model_type!r}; expected 'llava' or 'llama'")
+    cfg = load_config(checkpoint)
+    shardings = tree_shardings(param_logical_axes(cfg), abstract_params(cfg), mesh) if mesh is not None else None
+    cfg, params = load_params(checkpoint, shardings)
+    return build_model(with_dtype(cfg, dtype) if dtype else cfg), params
+
+
+def load_tokenizer_for(checkpoint: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> Tokenizer:
+    """`tokenizer` (tokenizer.model or HF tokenizer dir), else the one inside the checkpoint directory."""
+    if tokenizer is not None:
+        if not os.path.exists(tokenizer):
+            raise FileNotFoundError(f"tokenizer {tokenizer} does not exist")
+        return load_tokenizer(tokenizer)
+    if (Path(checkpoint) / "tokenizer.model").is_file():
+        return load_tokenizer(checkpoint)
+    raise FileNotFoundError(f"checkpoint {checkpoint} carries no tokenizer.model; pass --tokenizer "
+                            "(a tokenizer.model file or a Hugging Face tokenizer directory)")
+
+
+def check_tokenizer(cfg: LlavaConfig | LlamaConfig, tok: Tokenizer) -> None:
+    """Raise ValueError if the tokenizer's ids do not fit the model (image token, vocabulary size)."""
+    text = cfg.text if isinstance(cfg, LlavaConfig) else cfg
+    if tok.vocab_size > text.vocab_size:
+        raise ValueError(f"tokenizer has {tok.vocab_size} ids but the model's vocabulary is {text.vocab_size}")
+    if isinstance(cfg, LlavaConfig) and tok.image_token_id != cfg.image_token_id:
+        raise ValueError(f"tokenizer's <image> id is {tok.image_token_id} but the model's image_token_id is "
+                         f"{cfg.image_token_id}; use the tokenizer the model was trained with")

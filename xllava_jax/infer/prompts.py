@@ -1,0 +1,44 @@
+"""Generation prompts of questions and conversations: template rendering, `<image>`, image loading."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from xllava_jax.data.images import image_path, open_image, preprocess
+from xllava_jax.data.labels import encode_prompt
+from xllava_jax.data.templates import IMAGE_PLACEHOLDER, Template, Turn
+from xllava_jax.models.llama import Llama
+from xllava_jax.models.llava import Llava, LlavaConfig
+from xllava_jax.tokenizer.spm import Tokenizer
+
+
+def with_image_placeholder(text: str, has_image: bool) -> str:
+    """The first human turn with `<image>\\n` in front (LLaVA's placement) when there is an image."""
+    text = text.replace(IMAGE_PLACEHOLDER, "").strip()
+    return f"{IMAGE_PLACEHOLDER}\n{text}" if has_image else text
+
+
+def conversation_prompt(tok: Tokenizer, template: Template, turns: Sequence[Turn], num_image_tokens: int) -> list[int]:
+    """Ids of a conversation ending with a human turn, up to where the assistant's answer starts."""
+    return encode_prompt(tok, template, turns, num_image_tokens)
+
+
+def question_prompt(tok: Tokenizer, template: Template, text: str, has_image: bool, num_image_tokens: int) -> list[int]:
+    """Ids of a single-turn question (with the image first when there is one)."""
+    return conversation_prompt(tok, template, [("human", with_image_placeholder(text, has_image))], num_image_tokens)
+
+
+def num_image_tokens(model: Llava | Llama) -> int:
+    """Tokens per image of the model (0 for a text-only LLaMA)."""
+    return model.cfg.num_image_tokens if isinstance(model.cfg, LlavaConfig) else 0
+
+
+def load_image(source: str | bytes, image_root: str | None, size: int) -> np.ndarray:
+    """A CLIP-preprocessed HWC float32 image (LLaVA's `pad` to square) from a path or encoded bytes."""
+    try:
+        return preprocess(open_image(source if isinstance(source, bytes) else image_path(source, image_root)), size)
+    except (OSError, ValueError) as e:
+        where = "inline image bytes" if isinstance(source, bytes) else image_path(source, image_root)
+        raise ValueError(f"cannot read image {where}: {e}") from e

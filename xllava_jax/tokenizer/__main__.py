@@ -1,0 +1,134 @@
+"""Command line: vocabulary expansion, its report, and growing a checkpoint's vocabulary.
+
+  python -m xllava_jax.tokenizer expand --base tokenizer.model (--add-vocab FILE | --train-corpus FILE --new-pieces N) --out DIR
+  python -m xllava_jax.tokenizer report --base tokenizer.model --expanded DIR --text ko=FILE --text zh=FILE [--out report.json]
+  python -m xllava_jax.tokenizer grow (--checkpoint CKPT | --hf_dir D) (--vocab_size N | --tokenizer DIR)
+      [--method mean|mean_cov|normal] [--pad_to_multiple 64] --out OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from xllava_jax.models.vocab import INIT_METHODS
+from xllava_jax.tokenizer import expand as expansion
+from xllava_jax.tokenizer import report as reporting
+
+log = logging.getLogger("xllava_jax.tokenizer")
+
+
+def run_expand(args: argparse.Namespace) -> None:
+    """Expand a SentencePiece model and write it with HF tokenizer files."""
+    if args.train_corpus and not args.new_pieces:
+        raise SystemExit("--train-corpus needs --new-pieces N")
+    stats = expansion.expand_tokenizer(
+        args.base, args.out, add_vocab=args.add_vocab, vocab_format=args.vocab_format, train_corpus=args.train_corpus,
+        new_pieces=args.new_pieces, train_vocab_size=args.train_vocab_size,
+        character_coverage=args.character_coverage, support=not args.no_support_pieces, legacy=args.legacy)
+    print(expansion.format_expansion(stats))
+    print(f"wrote {Path(args.out) / 'tokenizer.model'}"
+          + (" and HF tokenizer files" if stats.model_type == "bpe" else "") + f", {expansion.SUMMARY_FILE}")
+
+
+def parse_texts(items: list[str]) -> dict[str, str]:
+    """{language: file} from LANG=FILE arguments."""
+    texts = {}
+    for item in items:
+        lang, sep, file = item.partition("=")
+        if not sep or not lang or not file:
+            raise SystemExit(f"--text {item!r}: expected LANG=FILE")
+        texts[lang] = file
+    return texts
+
+
+def default_report_path(expanded: str) -> Path:
+    """expanded_dir/report.json, or beside an expanded tokenizer.model file."""
+    path = Path(expanded)
+    return path / "report.json" if path.is_dir() else path.with_suffix(".report.json")
+
+
+def run_report(args: argparse.Namespace) -> None:
+    """Print the before/after token statistics and save them as JSON."""
+    report = reporting.tokenizer_report(args.base, args.expanded, parse_texts(args.text))
+    print(reporting.format_report(report))
+    print(f"wrote {reporting.save_report(report, args.out or default_report_path(args.expanded))}")
+
+
+def run_grow(args: argparse.Namespace) -> None:
+    """Grow the vocabulary of an Orbax checkpoint or an HF LLaMA directory."""
+    from xllava_jax.tokenizer import grow
+
+    target = grow.target_of(args.vocab_size, args.tokenizer)
+    if args.checkpoint:
+        cfg = grow.grow_checkpoint(args.checkpoint, args.out, target, args.method, args.seed, args.pad_to_multiple)
+        text = getattr(cfg, "text", cfg)
+        extra = f", image_token_id {cfg.image_token_id}, pad_token_id {cfg.pad_token_id}" if text is not cfg else ""
+        print(f"wrote {args.out}: vocab_size {text.vocab_size}{extra}")
+    else:
+        config = grow.grow_hf_llama(args.hf_dir, args.out, target, args.method, args.seed, args.pad_to_multiple,
+                                    tokenizer=args.tokenizer)
+        print(f"wrote {args.out}: vocab_size {config['vocab_size']}")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the tokenizer command (flags accept '-' or '_')."""
+    p = argparse.ArgumentParser(prog="python -m xllava_jax.tokenizer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def flag(group, name: str, **kw) -> None:
+        group.add_argument(f"--{name}", *({f"--{name.replace('-', '_')}"} - {f"--{name}"}), **kw)
+
+    e = sub.add_parser("expand", help="append pieces to a SentencePiece model")
+    flag(e, "base", required=True, help="base tokenizer.model, or an HF tokenizer directory holding one")
+    source = e.add_mutually_exclusive_group(required=True)
+    flag(source, "add-vocab", help="word list, BERT/WordPiece vocab.txt (KoBERT), or SentencePiece vocabulary")
+    flag(source, "train-corpus", help="text file: train a SentencePiece model on it and merge its pieces")
+    flag(e, "new-pieces", type=int, help="number of new pieces (required with --train-corpus; a cap otherwise)")
+    flag(e, "vocab-format", default="auto", choices=expansion.VOCAB_FORMATS, help="format of --add-vocab")
+    flag(e, "train-vocab-size", type=int, help="vocabulary size trained on the corpus (default N*1.25+100)")
+    flag(e, "character-coverage", type=float, default=0.9995, help="SentencePiece training character coverage")
+    flag(e, "no-support-pieces", action="store_true",
+         help="BPE: append only the listed pieces, without the characters/prefixes that make them reachable")
+    legacy = e.add_mutually_exclusive_group()
+    legacy.add_argument("--legacy", dest="legacy", action="store_true", default=None,
+                        help="transformers' legacy LLaMA tokenization (default: the base directory's, else off)")
+    legacy.add_argument("--no-legacy", "--no_legacy", dest="legacy", action="store_false")
+    flag(e, "out", required=True, help="output directory (tokenizer.model, HF tokenizer files, expansion.json)")
+    e.set_defaults(run=run_expand)
+
+    r = sub.add_parser("report", help="tokens per character/word before and after an expansion")
+    flag(r, "base", required=True, help="base tokenizer.model or HF tokenizer directory")
+    flag(r, "expanded", required=True, help="expanded tokenizer.model or directory")
+    flag(r, "text", action="append", required=True, help="LANG=FILE held-out text (repeat per language)")
+    flag(r, "out", help="JSON path (default: EXPANDED/report.json)")
+    r.set_defaults(run=run_report)
+
+    g = sub.add_parser("grow", help="grow a checkpoint's embedding and LM head to a new vocabulary size")
+    model = g.add_mutually_exclusive_group(required=True)
+    flag(model, "checkpoint", help="Orbax checkpoint (LLaVA or LLaMA kind), or a workdir (latest step)")
+    flag(model, "hf-dir", help="transformers LlamaForCausalLM directory (safetensors)")
+    size = g.add_mutually_exclusive_group(required=True)
+    flag(size, "vocab-size", type=int, help="new vocabulary size (before padding)")
+    flag(size, "tokenizer", help="HF tokenizer directory: its size (pieces + added tokens) and, for LLaVA, its "
+                                 "<image>/<pad> ids; copied into an HF output")
+    flag(g, "method", default="mean", choices=INIT_METHODS, help="initialisation of the new rows")
+    flag(g, "pad-to-multiple", type=int, help="round the vocabulary up to a multiple (e.g. 64)")
+    flag(g, "seed", type=int, default=0, help="seed of mean_cov / normal")
+    flag(g, "out", required=True, help="output checkpoint or HF directory")
+    g.set_defaults(run=run_grow)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

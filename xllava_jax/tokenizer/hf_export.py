@@ -1,0 +1,56 @@
+"""Hugging Face tokenizer files for a (possibly expanded) LLaMA SentencePiece model."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from sentencepiece import sentencepiece_model_pb2 as pb
+
+from xllava_jax.tokenizer.expand import model_path, read_model_proto
+from xllava_jax.tokenizer.spm import IMAGE_TOKEN, PAD_TOKEN
+
+HF_GENERATED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+def write_hf_tokenizer(model: str | os.PathLike | bytes, out: str | os.PathLike, legacy: bool = False,
+                       model_max_length: int | None = None) -> Path:
+    """Write tokenizer.model plus the transformers LlamaTokenizer files for it into `out`.
+
+    `<image>` and `<pad>` are added after the pieces (ids n and n+1, as llava-hf), `<pad>`
+    is the pad token, BOS is added and EOS is not. `legacy` is transformers' LLaMA flag
+    (False: no dummy-prefix space after a special token, as llava-hf) and is written to
+    tokenizer_config.json so transformers and xllava_jax.tokenizer.load_tokenizer agree.
+    `model` is a tokenizer.model path, an HF tokenizer directory holding one, or its bytes.
+    """
+    import transformers
+
+    if isinstance(model, bytes):
+        data, name, proto = model, "the model", pb.ModelProto.FromString(model)
+    else:
+        data, name, proto = model_path(model).read_bytes(), model_path(model), read_model_proto(model)
+    if proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
+        raise ValueError(f"transformers' LlamaTokenizer needs a BPE SentencePiece model; {name} is "
+                         f"{pb.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "tokenizer.model").write_bytes(data)
+        tok = transformers.LlamaTokenizer.from_pretrained(tmp, legacy=legacy, add_bos_token=True,
+                                                          add_eos_token=False, local_files_only=True)
+    tok.add_tokens([transformers.AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+    tok.add_special_tokens({"pad_token": PAD_TOKEN})
+    if model_max_length:
+        tok.model_max_length = model_max_length
+    for name in HF_GENERATED_FILES:  # stale files of an earlier tokenizer would override ours
+        (out / name).unlink(missing_ok=True)
+    (out / "tokenizer.model").write_bytes(data)
+    tok.save_pretrained(str(out))
+    config_file = out / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config.update(legacy=legacy, add_bos_token=True, add_eos_token=False)
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return out
+

@@ -1,0 +1,229 @@
+"""The stage loop: `run_stage(config, workdir)` trains one stage; `run(config, workdir)` also runs stage lists.
+
+Resume is automatic: a workdir with a complete checkpoint continues from it (params, optimizer
+state, step, data-iterator position); otherwise the stage starts from `config.init`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from xllava_jax.models.llava import LlavaConfig
+from xllava_jax.tokenizer.spm import load_tokenizer
+from xllava_jax.train import inputs, trainable
+from xllava_jax.train.checkpoint import TrainCheckpoints, load_config
+from xllava_jax.train.harness import Harness, make_harness
+from xllava_jax.train.initialize import initial_model, with_exec
+from xllava_jax.train.loss import modality_gap
+from xllava_jax.train.metrics import MetricsWriter, step_flops
+from xllava_jax.train.sharding import make_mesh
+from xllava_jax.train.state import TrainState, abstract_state
+from xllava_jax.train.step import eval_step_fn, jit_eval_step
+from xllava_jax.train.validate import trainable_groups, validate
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """K non-finite steps in a row: the run stopped; the last good checkpoint is kept."""
+
+
+class Preempted:
+    """Set by SIGTERM; the loop then saves and stops."""
+
+    def __init__(self):
+        self.flag = False
+        self.previous = None
+
+    def __enter__(self) -> "Preempted":
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        log.warning("SIGTERM: saving a checkpoint and stopping")
+        self.flag = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _abstract_batch(batch: dict) -> dict:
+    """Shapes and dtypes of a global batch."""
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+
+
+def _resume(ckpts: TrainCheckpoints, step: int, h: Harness) -> tuple[TrainState, dict]:
+    """The state and data-iterator state of a checkpoint step."""
+    abstract = abstract_state(h.cfg, h.groups, h.tx, h.shardings)
+    restored = ckpts.restore(step, h.params(abstract), abstract.opt_state)
+    t, f = trainable.split(restored["params"], h.groups, h.is_llava)
+    ts = restored["train_state"]
+    scalar = lambda v: jax.device_put(jnp.int32(v), h.shardings.step)  # noqa: E731
+    state = TrainState(scalar(ts["step"]), t, f, restored["opt_state"], scalar(ts["nonfinite_streak"]),
+                       scalar(ts["nonfinite_total"]))
+    return state, restored["data_state"]
+
+
+def evaluate(config: ml_collections.ConfigDict, eval_fn: Any, params: dict, cfg: Any, tok: Any, mesh: Any,
+             images: bool) -> dict[str, float]:
+    """Eval loss, token accuracy and (with images) the modality gap over eval.num_batches batches."""
+    d = config.eval_data
+    batch_size = config.eval.batch_size or config.train.batch_size // config.train.grad_accum
+    it = inputs.make_iterator(d, inputs.load_records(d, config.seed, verbose=False), tok, cfg, batch_size,
+                              config.seed, shuffle=False)
+    total: dict[str, Any] = {}
+    for _ in range(config.eval.num_batches):
+        batch = inputs.to_global(inputs.host_batch(next(it), cfg, d.max_images_per_row, images), mesh)
+        sums = jax.device_get(eval_fn(params, batch))
+        total = {k: total.get(k, 0) + np.asarray(v) for k, v in sums.items()}
+    n = max(float(total["tokens"]), 1.0)
+    out = {"eval_loss": float(total["nll"]) / n, "eval_accuracy": float(total["correct"]) / n}
+    if "gap_images" in total:
+        out.update({f"eval_{k}": v for k, v in modality_gap(total).items()})
+    return out
+
+
+def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: str = "") -> dict:
+    """Train one stage in `workdir` (resuming if it holds a checkpoint); returns the final step, metrics and
+    checkpoint path. `previous`: the checkpoint that init.source 'previous' starts from."""
+    validate(config, in_stage_list=bool(previous))
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    rules = tuple(tuple(r) for r in config.logical_axis_rules)
+    tok = load_tokenizer(config.tokenizer)
+    groups = trainable_groups(config)
+    ckpts = TrainCheckpoints(workdir, config.checkpoint.keep, config.checkpoint.async_save)
+    latest = ckpts.latest_step()
+    if latest is not None:
+        cfg, host_params = with_exec(load_config(ckpts.step_dir(latest)), config.model), None
+    else:
+        cfg, host_params = initial_model(config, tok, previous)
+    is_llava = isinstance(cfg, LlavaConfig)
+    images = is_llava and config.stage in (1, 2)
+    slots = config.data.max_images_per_row
+    source = inputs.load_records(config.data, config.seed)
+    total = inputs.steps_for(config, len(source))
+    h = make_harness(cfg, groups, config.optim, total, mesh, rules, config.train.grad_accum,
+                     config.train.consistency_weight)
+    data_state = None
+    if latest is not None:
+        state, data_state = _resume(ckpts, latest, h)
+        log.info("resumed %s at step %d", workdir, latest)
+    else:
+        state = h.init_state(host_params, config.seed)
+    it = inputs.make_iterator(config.data, source, tok, cfg, config.train.batch_size, config.seed)
+    if data_state is not None:
+        it.set_state(data_state)
+    step_fn = eval_fn = None
+    start = int(jax.device_get(state.step))
+    writer = MetricsWriter(workdir, total, start, config.log.progress, config.log.tensorboard)
+    last: dict[str, Any] = {}
+    saved = latest if latest is not None else -1
+    done = start
+    tick, ticked = time.perf_counter(), start
+    samples = 0
+    try:
+        with Preempted() as preempted:
+            for done in range(start + 1, total + 1):
+                try:
+                    local = next(it)
+                except StopIteration:
+                    done -= 1
+                    break
+                batch = inputs.to_global(inputs.host_batch(local, cfg, slots, images), mesh)
+                samples += int(local["num_samples"]) * jax.process_count()
+                if step_fn is None:
+                    step_fn = h.jit_step(batch)
+                    flops = step_flops(cfg, groups, batch["input_ids"].size, batch["input_ids"].shape[1],
+                                       batch["pixel_values"].shape[0] * slots if images else 0)
+                state, metrics = step_fn(state, batch)
+                writer.advance()
+                streak = int(jax.device_get(metrics["nonfinite_streak"]))
+                do_eval = bool(config.eval.every_steps and config.eval_data.files
+                               and done % config.eval.every_steps == 0)
+                if done % config.log.every_steps == 0 or done == total or preempted.flag or do_eval or streak:
+                    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    now = time.perf_counter()
+                    dt = (now - tick) / max(done - ticked, 1)
+                    last = {**m, "step_time_s": dt, "tokens_per_s": m["tokens"] / dt,
+                            "samples_per_s": samples / (now - tick), "nonfinite_total": int(state.nonfinite_total)}
+                    if config.log.peak_tflops > 0:
+                        last["mfu"] = flops / dt / (config.log.peak_tflops * 1e12 * jax.device_count())
+                    if do_eval:
+                        if eval_fn is None:
+                            eval_fn = jit_eval_step(eval_step_fn(cfg), h.params(h.shardings),
+                                                    _abstract_batch(batch), mesh, rules)
+                        last.update(evaluate(config, eval_fn, h.params(state), cfg, tok, mesh, images))
+                    writer.write(done, last)
+                    tick, ticked, samples = time.perf_counter(), done, 0
+                if streak >= config.train.max_nonfinite:
+                    raise NonFiniteError(f"{streak} non-finite steps in a row at step {done} "
+                                         f"(train.max_nonfinite={config.train.max_nonfinite}); last good checkpoint: "
+                                         f"step {saved}")
+                if done % config.checkpoint.every_steps == 0 or done == total or preempted.flag:
+                    ckpts.save(done, h.params(state), state.opt_state,
+                               it.get_state(), {"step": done, "nonfinite_streak": streak,
+                                                "nonfinite_total": int(state.nonfinite_total), "stage": config.stage,
+                                                "total_steps": total}, cfg)
+                    saved = done
+                if preempted.flag:
+                    break
+    finally:
+        ckpts.close()
+        writer.close()
+    return {"workdir": str(workdir), "step": done, "total_steps": total, "metrics": last,
+            "checkpoint": str(ckpts.step_dir(saved)) if saved >= 0 else None, "model_config": cfg}
+
+
+def demo_assets(config: ml_collections.ConfigDict, workdir: Path) -> tuple[ml_collections.ConfigDict, dict]:
+    """For config.assets == 'demo': write the synthetic dataset and tokenizers (train/demo.py) and point
+    the config(s) at them (data roots; tokenizer paths relative to the asset root). Returns (config, paths)."""
+    from xllava_jax.train import demo
+    config = ml_collections.ConfigDict(config.to_dict())
+    stages = [config[n] for n in config.stages] if config.stages else [config]
+    root = Path(stages[0].data.root or workdir / "data")
+    paths = demo.prepare(root)
+    for c in stages:
+        for d in (c.data, c.eval_data):
+            d.root = d.root or str(root)
+        c.tokenizer = str(root / (c.tokenizer or "tokenizer"))
+    return config, paths
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, dict]:
+    """Run a config: one stage, or each stage of `config.stages` in DIR/<name> (init.source 'previous'
+    starts from the stage before). Returns {stage name: run_stage result (plus its `seconds`)}; the demo's
+    stage list also evaluates, exports and writes DIR/demo_report.json (train/demo.py)."""
+    workdir = Path(workdir)
+    seconds: dict[str, float] = {}
+    paths: dict = {}
+    if config.assets == "demo":
+        start = time.perf_counter()
+        config, paths = demo_assets(config, workdir)
+        seconds["assets"] = time.perf_counter() - start
+    validate(config)
+    results, previous = {}, ""
+    for name in config.stages or ("stage",):
+        start = time.perf_counter()
+        stage = config[name] if config.stages else config
+        results[name] = run_stage(stage, workdir / name if config.stages else workdir, previous)
+        seconds[name] = results[name]["seconds"] = time.perf_counter() - start
+        previous = results[name]["checkpoint"] or ""
+    if paths and previous and config.stages:  # the whole demo, not one of its stages
+        from xllava_jax.train import demo
+        demo.finish(workdir, previous, paths, config[config.stages[-1]].data.template, seconds)
+    return results
