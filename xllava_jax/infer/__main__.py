@@ -12,7 +12,8 @@ from xllava_jax.data.templates import get_template
 from xllava_jax.infer.answers import answer_questions, read_questions
 from xllava_jax.infer.chat import Chat
 from xllava_jax.infer.generate import DEFAULT_STEPS_PER_CALL, Engine, GenerationConfig
-from xllava_jax.infer.loading import check_tokenizer, load_model, load_tokenizer_for
+from xllava_jax.infer.loading import load_model, load_tokenizer_for
+from xllava_jax.models.vocab import check_tokenizer
 from xllava_jax.infer.prompts import load_image
 from xllava_jax.infer.sampling import SamplingConfig
 from xllava_jax.train.sharding import make_mesh

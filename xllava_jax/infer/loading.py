@@ -65,13 +65,3 @@ def load_tokenizer_for(checkpoint: str | os.PathLike, tokenizer: str | os.PathLi
         return load_tokenizer(checkpoint)
     raise FileNotFoundError(f"checkpoint {checkpoint} carries no tokenizer.model; pass --tokenizer "
                             "(a tokenizer.model file or a Hugging Face tokenizer directory)")
-
-
-def check_tokenizer(cfg: LlavaConfig | LlamaConfig, tok: Tokenizer) -> None:
-    """Raise ValueError if the tokenizer's ids do not fit the model (image token, vocabulary size)."""
-    text = cfg.text if isinstance(cfg, LlavaConfig) else cfg
-    if tok.vocab_size > text.vocab_size:
-        raise ValueError(f"tokenizer has {tok.vocab_size} ids but the model's vocabulary is {text.vocab_size}")
-    if isinstance(cfg, LlavaConfig) and tok.image_token_id != cfg.image_token_id:
-        raise ValueError(f"tokenizer's <image> id is {tok.image_token_id} but the model's image_token_id is "
-                         f"{cfg.image_token_id}; use the tokenizer the model was trained with")

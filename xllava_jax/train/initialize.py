@@ -19,7 +19,7 @@ from xllava_jax.models.layers import DTYPES
 from xllava_jax.models.llama import LlamaConfig
 from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.models.params import ModelConfig, init_params
-from xllava_jax.models.vocab import grow_vocab, padded_size
+from xllava_jax.models.vocab import check_tokenizer, grow_vocab, padded_size
 from xllava_jax.tokenizer.spm import Tokenizer
 from xllava_jax.train import checkpoint
 
@@ -117,16 +117,6 @@ def loaded_model(config: ml_collections.ConfigDict, tok: Tokenizer, checkpoint_p
 def cast(params: dict, dtype: str) -> dict:
     """Host params stored as `dtype`."""
     return jax.tree_util.tree_map(lambda x: np.asarray(x).astype(DTYPES[dtype]), params)
-
-
-def check_tokenizer(cfg: ModelConfig, tok: Tokenizer) -> None:
-    """Raise ValueError when the model and the tokenizer disagree on the vocabulary or the image token."""
-    text = cfg.text if isinstance(cfg, LlavaConfig) else cfg
-    if text.vocab_size < tok.vocab_size:
-        raise ValueError(f"model vocab_size={text.vocab_size} < tokenizer vocabulary {tok.vocab_size}")
-    if isinstance(cfg, LlavaConfig) and cfg.image_token_id != tok.image_token_id:
-        raise ValueError(f"model image_token_id={cfg.image_token_id} but the tokenizer's <image> is "
-                         f"{tok.image_token_id}: use the tokenizer the model was built with")
 
 
 def initial_model(config: ml_collections.ConfigDict, tok: Tokenizer, checkpoint_path: str = ""
