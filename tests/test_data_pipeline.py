@@ -14,6 +14,7 @@ from xllava_jax.data.length_grouping import length_grouped_order
 from xllava_jax.data.mixture import Mixture
 from xllava_jax.data.processing import SampleProcessor
 from xllava_jax.tokenizer.spm import load_tokenizer
+from xllava_jax.train.forward import row_slots
 
 N_IMG, S = 8, 28
 
@@ -77,6 +78,23 @@ def test_shards_partition_the_data(setup):
               for i in range(3)]
     flat = [x for s in shards for x in s]
     assert len(flat) == len(set(flat)) == len(records)
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_global_batches_do_not_depend_on_the_number_of_processes(setup, count):
+    """Process i's rows of batch b are rows [i*B/P, (i+1)*B/P) of the one-process batch b, over epochs."""
+    tok, records, proc = setup
+    rows = 2
+    one = iter(pipeline.make_pipeline(records, proc, spec(tok, bs=rows * count), seed=3, num_epochs=None,
+                                      shard_index=0, shard_count=1))
+    shards = [iter(pipeline.make_pipeline(records, proc, spec(tok, bs=rows), seed=3, num_epochs=None,
+                                          shard_index=i, shard_count=count)) for i in range(count)]
+    for _ in range(2 * len(records) // (rows * count)):  # two epochs
+        whole, parts = next(one), [next(it) for it in shards]
+        for key in ("input_ids", "labels", "attention_mask"):
+            np.testing.assert_array_equal(whole[key], np.concatenate([part[key] for part in parts]))
+        per_row = lambda b: row_slots(b["input_ids"], b["pixel_values"], tok.image_token_id, N_IMG, 1)  # noqa: E731
+        np.testing.assert_array_equal(per_row(whole), np.concatenate([per_row(part) for part in parts]))
 
 
 def test_batch_contract_with_packing(setup):

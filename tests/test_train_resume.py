@@ -2,7 +2,6 @@
 SIGTERM (which saves) and resumed again, ends with the same losses and bit-identical params as an
 uninterrupted run."""
 
-import json
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import jax
 import numpy as np
 
 from xllava_jax.train.checkpoint import load_params
+from train_helpers import losses
 
 STEPS = 40
 REPO = Path(__file__).parents[1]
@@ -24,12 +24,6 @@ def command(workdir: Path, root: Path) -> list[str]:
             f"--config.train.num_steps={STEPS}", "--config.train.batch_size=8", "--config.checkpoint.every_steps=2",
             "--config.checkpoint.keep=2", "--config.log.every_steps=1", "--config.log.progress=False",
             "--config.init.source=random"]
-
-
-def losses(workdir: Path) -> dict[int, float]:
-    """Loss of each step; a step logged twice (replayed after a kill) keeps its last value."""
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows}
 
 
 def start_and_signal(cmd: list[str], env: dict, ckpt: Path, sig: int) -> subprocess.Popen:

@@ -57,4 +57,12 @@ def demo_stage_config(stage: int, root: str, steps: int = 6):
     return c
 
 
-__all__ = ["tiny_cfg", "tiny_batch", "demo_stage_config", "base_config", "tiny_model"]
+def losses(workdir) -> dict[int, float]:
+    """Loss of each step in DIR/metrics.jsonl; a step logged twice (replayed after a kill) keeps its last value."""
+    import json
+    from pathlib import Path
+    rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+__all__ = ["tiny_cfg", "tiny_batch", "demo_stage_config", "base_config", "tiny_model", "losses"]

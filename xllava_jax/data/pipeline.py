@@ -30,31 +30,37 @@ def process_shard(shard_index: int | None = None, shard_count: int | None = None
     return shard_index, shard_count
 
 
-def shard_indices(num_records: int, shard_index: int, shard_count: int) -> np.ndarray:
-    """Record indices owned by one shard (strided: shards partition the records, sizes differ by <= 1)."""
-    return np.arange(shard_index, num_records, shard_count)
+def local_length(total: int, index: int, count: int, block: int) -> int:
+    """How many of the global positions [0, total) belong to shard `index` (blocks of `block` dealt in turn)."""
+    rounds, rest = divmod(total, block * count)
+    return rounds * block + min(max(rest - index * block, 0), block)
 
 
 @dataclasses.dataclass
 class EpochOrder:
-    """Maps a global step index to a record: epoch e uses its own seeded permutation of the shard's records."""
+    """Maps a shard's position to a record. All shards share one global order (epoch e: a permutation of all
+    records seeded by (seed, e)) and take its positions in blocks of `block` in turn, so with block = rows per
+    process the global batches are the same whatever the number of processes."""
 
     source: Any  # random-access: list of records or a grain data source
-    indices: np.ndarray  # this shard's record indices
+    index: int  # this shard
+    count: int  # number of shards
+    block: int  # consecutive global positions a shard takes in turn (its rows per batch)
     seed: int
     shuffle: bool = True
-    group_by_length: int = 0  # batch size for length grouping (0 = off)
+    group_by_length: int = 0  # global batch size for length grouping (0 = off)
     lengths: np.ndarray | None = None
     multimodal: np.ndarray | None = None
 
     def permutation(self, epoch: int) -> np.ndarray:
-        """Local order of epoch `epoch` (positions into `indices`)."""
+        """Global order of epoch `epoch` (record indices)."""
         return _permutation(self, epoch)
 
-    def __call__(self, i: int) -> dict:
-        """Record at global position `i`."""
-        n = len(self.indices)
-        return self.source[int(self.indices[self.permutation(i // n)[i % n]])]
+    def __call__(self, j: int) -> dict:
+        """Record at this shard's position `j`."""
+        g = ((j // self.block) * self.count + self.index) * self.block + j % self.block
+        n = len(self.source)
+        return self.source[int(self.permutation(g // n)[g % n])]
 
     def __hash__(self) -> int:
         return id(self)
@@ -63,7 +69,7 @@ class EpochOrder:
 @functools.lru_cache(maxsize=4)
 def _permutation(order: EpochOrder, epoch: int) -> np.ndarray:
     """Cached epoch permutation (seeded by (seed, epoch))."""
-    n = len(order.indices)
+    n = len(order.source)
     if not order.shuffle:
         return np.arange(n)
     rng = np.random.default_rng([order.seed, epoch])
@@ -74,17 +80,18 @@ def _permutation(order: EpochOrder, epoch: int) -> np.ndarray:
 
 def record_dataset(source: Any, *, seed: int = 0, shuffle: bool = True, num_epochs: int | None = 1,
                    shard_index: int | None = None, shard_count: int | None = None,
-                   group_by_length: int = 0) -> grain.MapDataset:
-    """MapDataset of this process's records over `num_epochs` epochs, each in its own seeded order."""
+                   group_by_length: int = 0, block: int = 1) -> grain.MapDataset:
+    """MapDataset of this process's records over `num_epochs` epochs of one global seeded order; shards take
+    `block` consecutive positions in turn (shards partition every epoch; `group_by_length` = global batch)."""
     index, count = process_shard(shard_index, shard_count)
-    indices = shard_indices(len(source), index, count)
     lengths = multimodal = None
     if group_by_length:
-        recs = [source[int(i)] for i in indices]
+        recs = [source[i] for i in range(len(source))]
         lengths = np.array([record_length(r) for r in recs])
         multimodal = np.array([bool(r.get("image") or r.get("image_bytes")) for r in recs])
-    order = EpochOrder(source, indices, seed, shuffle, group_by_length, lengths, multimodal)
-    return grain.MapDataset.range(len(indices) * (num_epochs or FOREVER)).map(order)
+    order = EpochOrder(source, index, count, block, seed, shuffle, group_by_length, lengths, multimodal)
+    total = len(source) * (num_epochs or FOREVER)
+    return grain.MapDataset.range(local_length(total, index, count, block)).map(order)
 
 
 @dataclasses.dataclass
@@ -211,14 +218,16 @@ def make_pipeline(source: Any, process: Callable[[dict], dict], spec: BatchSpec,
                   shard_count: int | None = None, group_by_length: bool = False, num_workers: int = 0,
                   stats: DataStats | None = None) -> BatchDataset:
     """The whole data pipeline: iterate it (iter(...)) for batches; `stats` collects skip/truncation counts."""
-    ds = record_dataset(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index,
-                        shard_count=shard_count, group_by_length=spec.batch_size if group_by_length else 0)
+    index, count = process_shard(shard_index, shard_count)
+    ds = record_dataset(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs, shard_index=index,
+                        shard_count=count, group_by_length=spec.batch_size * count if group_by_length else 0,
+                        block=spec.batch_size)
     ids = ds.map(process).to_iter_dataset()
     if num_workers > 0:
         _ensure_absl_flags_parsed()
         ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     if not spec.max_consecutive_skips:
         # a run this long spans a whole epoch of the shard (runs across one epoch boundary stay below it)
-        shard = len(shard_indices(len(source), *process_shard(shard_index, shard_count)))
+        shard = local_length(len(source), index, count, spec.batch_size)
         spec = dataclasses.replace(spec, max_consecutive_skips=2 * max(shard, 1))
     return BatchDataset(ids, spec, stats)

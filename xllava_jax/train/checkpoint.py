@@ -54,13 +54,16 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
 
 def load_params(path: str | os.PathLike, shardings: Any = None) -> tuple[ModelConfig, Any]:
     """(model config, params) of a checkpoint; `shardings` (a pytree like the params) places
-    each array directly on its devices, otherwise params land on the default device."""
+    each array directly on its devices, otherwise params land on the first local device, whatever
+    mesh or number of processes wrote the checkpoint."""
     directory = resolve(path).absolute()
     cfg = load_config(directory)
     abstract = abstract_params(cfg)
-    if shardings is not None:
-        abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                          abstract, shardings)
+    if shardings is None:
+        shardings = jax.tree_util.tree_map(lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
+                                           abstract)
+    abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                      abstract, shardings)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(directory, args=ocp.args.Composite(**{
             PARAMS: ocp.args.StandardRestore(abstract)}))
@@ -73,6 +76,36 @@ OPT_STATE = "opt_state"
 DATA_STATE = "data_state"
 TRAIN_STATE = "train_state"
 ITEMS = (PARAMS, OPT_STATE, DATA_STATE, TRAIN_STATE, MODEL_CONFIG)
+
+
+def all_process_states(state: dict) -> dict:
+    """{"processes": [state of process 0, 1, ...]}: every process's data-iterator state, gathered (a collective:
+    all processes call it), since the JSON item is written by the primary process alone."""
+    if jax.process_count() == 1:
+        return {"processes": [state]}
+    import json
+
+    import numpy as np
+    from jax.experimental import multihost_utils
+    data = np.frombuffer(json.dumps(state).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+    return {"processes": [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, sizes)]}
+
+
+def this_process_state(saved: dict) -> dict | None:
+    """This process's data-iterator state from `all_process_states` output; None (start the data afresh) when
+    the checkpoint was written by a different number of processes."""
+    states = saved.get("processes", [saved])
+    if len(states) != jax.process_count():
+        import logging
+        logging.getLogger(__name__).warning(
+            "checkpoint holds data-iterator states of %d processes, this run has %d: the data order restarts "
+            "(model and optimizer state resume exactly)", len(states), jax.process_count())
+        return None
+    return states[jax.process_index()]
 
 
 class TrainCheckpoints:

@@ -64,10 +64,11 @@ def prepare(root: str | Path, num_train: int = 600, num_eval: int = 60, image_si
                           encoding="utf-8")
         log.info("tokenizer expansion: %s", format_expansion(
             expand_tokenizer(base, expanded, train_corpus=corpus, new_pieces=new_pieces, num_threads=1)))
-    report = tokenizer_report(base, expanded / "tokenizer.model",
-                              {la: paths[f"heldout_text_{la}"] for la in synthetic.LANGS})
-    save_report(report, root / "tokenizer_report.json")
-    log.info("tokens per character on held-out text:\n%s", format_report(report))
+    if not (root / "tokenizer_report.json").exists():
+        report = tokenizer_report(base, expanded / "tokenizer.model",
+                                  {la: paths[f"heldout_text_{la}"] for la in synthetic.LANGS})
+        save_report(report, root / "tokenizer_report.json")
+        log.info("tokens per character on held-out text:\n%s", format_report(report))
     return {**paths, "tokenizer_en": base, "tokenizer": expanded, "tokenizer_report": root / "tokenizer_report.json"}
 
 

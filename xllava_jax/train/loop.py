@@ -20,7 +20,7 @@ import numpy as np
 from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.tokenizer.spm import load_tokenizer
 from xllava_jax.train import inputs, trainable
-from xllava_jax.train.checkpoint import TrainCheckpoints, load_config
+from xllava_jax.train.checkpoint import TrainCheckpoints, all_process_states, load_config, this_process_state
 from xllava_jax.train.harness import Harness, make_harness
 from xllava_jax.train.initialize import initial_model, with_exec
 from xllava_jax.train.loss import modality_gap
@@ -74,7 +74,7 @@ def _resume(ckpts: TrainCheckpoints, step: int, h: Harness) -> tuple[TrainState,
     scalar = lambda v: jax.device_put(jnp.int32(v), h.shardings.step)  # noqa: E731
     state = TrainState(scalar(ts["step"]), t, f, restored["opt_state"], scalar(ts["nonfinite_streak"]),
                        scalar(ts["nonfinite_total"]))
-    return state, restored["data_state"]
+    return state, this_process_state(restored["data_state"])
 
 
 def evaluate(config: ml_collections.ConfigDict, eval_fn: Any, params: dict, cfg: Any, tok: Any, mesh: Any,
@@ -176,7 +176,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
                                          f"step {saved}")
                 if done % config.checkpoint.every_steps == 0 or done == total or preempted.flag:
                     ckpts.save(done, h.params(state), state.opt_state,
-                               it.get_state(), {"step": done, "nonfinite_streak": streak,
+                               all_process_states(it.get_state()), {"step": done, "nonfinite_streak": streak,
                                                 "nonfinite_total": int(state.nonfinite_total), "stage": config.stage,
                                                 "total_steps": total}, cfg)
                     saved = done
@@ -196,7 +196,12 @@ def demo_assets(config: ml_collections.ConfigDict, workdir: Path) -> tuple[ml_co
     config = ml_collections.ConfigDict(config.to_dict())
     stages = [config[n] for n in config.stages] if config.stages else [config]
     root = Path(stages[0].data.root or workdir / "data")
-    paths = demo.prepare(root)
+    if jax.process_index() == 0:
+        paths = demo.prepare(root)
+    if jax.process_count() > 1:  # the others read what process 0 wrote
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("demo assets")
+        paths = demo.prepare(root)
     for c in stages:
         for d in (c.data, c.eval_data):
             d.root = d.root or str(root)
@@ -225,5 +230,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, dic
         previous = results[name]["checkpoint"] or ""
     if paths and previous and config.stages:  # the whole demo, not one of its stages
         from xllava_jax.train import demo
+        if jax.process_count() > 1:
+            log.warning("demo: held-out eval and HF export run single-process; skipped in this %d-process run",
+                        jax.process_count())
+            return results
         demo.finish(workdir, previous, paths, config[config.stages[-1]].data.template, seconds)
     return results
