@@ -55,6 +55,13 @@ class Preempted:
         log.warning("SIGTERM: saving a checkpoint and stopping")
         self.flag = True
 
+    def anywhere(self) -> bool:
+        """The flag of any process (a small collective when there are several), so all stop at the same step."""
+        if jax.process_count() == 1:
+            return self.flag
+        from jax.experimental import multihost_utils
+        return bool(np.asarray(multihost_utils.process_allgather(np.int32(self.flag))).max())
+
     def __exit__(self, *exc) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
@@ -152,10 +159,11 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
                                        batch["pixel_values"].shape[0] * slots if images else 0)
                 state, metrics = step_fn(state, batch)
                 writer.advance()
+                stop = preempted.anywhere()
                 streak = int(jax.device_get(metrics["nonfinite_streak"]))
                 do_eval = bool(config.eval.every_steps and config.eval_data.files
                                and done % config.eval.every_steps == 0)
-                if done % config.log.every_steps == 0 or done == total or preempted.flag or do_eval or streak:
+                if done % config.log.every_steps == 0 or done == total or stop or do_eval or streak:
                     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     now = time.perf_counter()
                     dt = (now - tick) / max(done - ticked, 1)
@@ -174,13 +182,13 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
                     raise NonFiniteError(f"{streak} non-finite steps in a row at step {done} "
                                          f"(train.max_nonfinite={config.train.max_nonfinite}); last good checkpoint: "
                                          f"step {saved}")
-                if done % config.checkpoint.every_steps == 0 or done == total or preempted.flag:
+                if done % config.checkpoint.every_steps == 0 or done == total or stop:
                     ckpts.save(done, h.params(state), state.opt_state,
                                all_process_states(it.get_state()), {"step": done, "nonfinite_streak": streak,
                                                 "nonfinite_total": int(state.nonfinite_total), "stage": config.stage,
                                                 "total_steps": total}, cfg)
                     saved = done
-                if preempted.flag:
+                if stop:
                     break
     finally:
         ckpts.close()
