@@ -116,6 +116,12 @@ def bench_compile(layers: tuple[int, ...] = (4, 32)) -> dict:
     return out
 
 
+def environment() -> dict:
+    """Where a benchmark ran: device, CPU count, Python and jax versions (the head of every report)."""
+    return {"device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "jax": jax.__version__}
+
+
 def main() -> None:
     """Run both benchmarks and print one JSON report."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,8 +129,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--text_len", type=int, default=96)
     args = p.parse_args()
-    report = {"device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-              "jax": jax.__version__, "step": bench_step(args.steps, args.batch, args.text_len),
+    report = {**environment(), "step": bench_step(args.steps, args.batch, args.text_len),
               "compile": bench_compile()}
     print(json.dumps(report, indent=2))
 

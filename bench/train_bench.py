@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from model_bench import make_batch, small_config, time_calls  # noqa: E402
+from model_bench import environment, make_batch, small_config, time_calls  # noqa: E402
 from xllava_jax.convert import hf as convert  # noqa: E402
 from xllava_jax.models import init_params  # noqa: E402
 from xllava_jax.train.defaults import base_config  # noqa: E402
@@ -125,7 +125,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--text_len", type=int, default=96)
     args = p.parse_args()
-    report = {"device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "jax": jax.__version__,
+    report = {**environment(),
               "memory": bench_memory(args.batch, args.text_len),
               "step": bench_step(args.steps, args.batch, args.text_len)}
     print(json.dumps(report, indent=2))

@@ -8,14 +8,20 @@ A checkpoint is a directory with Orbax items: `params` (the param pytree), `mode
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from xllava_jax.models.params import ModelConfig, abstract_params, config_from_dict, config_to_dict
+
+log = logging.getLogger(__name__)
 
 PARAMS = "params"
 MODEL_CONFIG = "model_config"
@@ -83,10 +89,6 @@ def all_process_states(state: dict) -> dict:
     all processes call it), since the JSON item is written by the primary process alone."""
     if jax.process_count() == 1:
         return {"processes": [state]}
-    import json
-
-    import numpy as np
-    from jax.experimental import multihost_utils
     data = np.frombuffer(json.dumps(state).encode(), np.uint8)
     sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
     padded = np.zeros(int(sizes.max()), np.uint8)
@@ -100,8 +102,7 @@ def this_process_state(saved: dict) -> dict | None:
     the checkpoint was written by a different number of processes."""
     states = saved.get("processes", [saved])
     if len(states) != jax.process_count():
-        import logging
-        logging.getLogger(__name__).warning(
+        log.warning(
             "checkpoint holds data-iterator states of %d processes, this run has %d: the data order restarts "
             "(model and optimizer state resume exactly)", len(states), jax.process_count())
         return None

@@ -11,9 +11,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
+import jax
+import ml_collections
 import numpy as np
 
 from xllava_jax.data import synthetic
@@ -38,17 +41,12 @@ def train_tokenizer(lines: list[str], path: Path, vocab_size: int) -> Path:
     return path
 
 
-def read_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file."""
-    return path.read_text(encoding="utf-8").splitlines()
-
-
 def prepare(root: str | Path, num_train: int = 600, num_eval: int = 60, image_size: int = 64,
             base_vocab: int = 600, new_pieces: int = 300) -> dict[str, Path]:
     """Dataset, English tokenizer (root/tokenizer_en) and its ko/zh expansion (root/tokenizer, an HF
     tokenizer directory), and root/tokenizer_report.json; files already there are reused."""
     from xllava_jax.tokenizer.expand import expand_tokenizer, format_expansion
-    from xllava_jax.tokenizer.report import format_report, save_report, tokenizer_report
+    from xllava_jax.tokenizer.report import format_report, read_lines, save_report, tokenizer_report
     root = Path(root)
     paths = synthetic.dataset_paths(root)
     if not paths["questions"].exists():
@@ -59,9 +57,8 @@ def prepare(root: str | Path, num_train: int = 600, num_eval: int = 60, image_si
         train_tokenizer(read_lines(paths["text_en"]) + [template_line] * 50, base, base_vocab)
     expanded = root / "tokenizer"
     if not (expanded / "tokenizer.model").exists():
-        corpus = root / "text_ko_zh.txt"
-        corpus.write_text("".join(line + "\n" for la in ("ko", "zh") for line in read_lines(paths[f"text_{la}"])),
-                          encoding="utf-8")
+        corpus = synthetic.write_lines(root / "text_ko_zh.txt",
+                                       [line for la in ("ko", "zh") for line in read_lines(paths[f"text_{la}"])])
         log.info("tokenizer expansion: %s", format_expansion(
             expand_tokenizer(base, expanded, train_corpus=corpus, new_pieces=new_pieces, num_threads=1)))
     if not (root / "tokenizer_report.json").exists():
@@ -70,6 +67,25 @@ def prepare(root: str | Path, num_train: int = 600, num_eval: int = 60, image_si
         save_report(report, root / "tokenizer_report.json")
         log.info("tokens per character on held-out text:\n%s", format_report(report))
     return {**paths, "tokenizer_en": base, "tokenizer": expanded, "tokenizer_report": root / "tokenizer_report.json"}
+
+
+def configure(config: ml_collections.ConfigDict, workdir: Path) -> tuple[ml_collections.ConfigDict, dict]:
+    """The demo config(s) pointed at the assets (written by process 0 under data.root, default DIR/data):
+    data roots, and tokenizer paths relative to the asset root. Returns (config, asset paths)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    stages = [config[n] for n in config.stages] if config.stages else [config]
+    root = Path(stages[0].data.root or workdir / "data")
+    if jax.process_index() == 0:
+        paths = prepare(root)
+    if jax.process_count() > 1:  # the others read what process 0 wrote
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("demo assets")
+        paths = prepare(root)
+    for c in stages:
+        for d in (c.data, c.eval_data):
+            d.root = d.root or str(root)
+        c.tokenizer = str(root / (c.tokenizer or "tokenizer"))
+    return config, paths
 
 
 def export_inputs(model: Any, tok: Any, records: list[dict], image_root: Path, template: str) -> dict[str, np.ndarray]:
@@ -95,8 +111,6 @@ def tokens_per_char(report: dict) -> dict[str, dict[str, float]]:
 def finish(workdir: Path, checkpoint: str, paths: dict[str, Path], template: str, seconds: dict[str, float]
            ) -> dict:
     """Held-out accuracy per language, the HF export and its check, timings: DIR/demo_report.json."""
-    import time
-
     from xllava_jax.convert.hf import save_hf_llava
     from xllava_jax.convert.verify import verify_llava_export
     from xllava_jax.datagen.store import read_jsonl

@@ -197,26 +197,6 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
             "checkpoint": str(ckpts.step_dir(saved)) if saved >= 0 else None, "model_config": cfg}
 
 
-def demo_assets(config: ml_collections.ConfigDict, workdir: Path) -> tuple[ml_collections.ConfigDict, dict]:
-    """For config.assets == 'demo': write the synthetic dataset and tokenizers (train/demo.py) and point
-    the config(s) at them (data roots; tokenizer paths relative to the asset root). Returns (config, paths)."""
-    from xllava_jax.train import demo
-    config = ml_collections.ConfigDict(config.to_dict())
-    stages = [config[n] for n in config.stages] if config.stages else [config]
-    root = Path(stages[0].data.root or workdir / "data")
-    if jax.process_index() == 0:
-        paths = demo.prepare(root)
-    if jax.process_count() > 1:  # the others read what process 0 wrote
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("demo assets")
-        paths = demo.prepare(root)
-    for c in stages:
-        for d in (c.data, c.eval_data):
-            d.root = d.root or str(root)
-        c.tokenizer = str(root / (c.tokenizer or "tokenizer"))
-    return config, paths
-
-
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, dict]:
     """Run a config: one stage, or each stage of `config.stages` in DIR/<name> (init.source 'previous'
     starts from the stage before). Returns {stage name: run_stage result (plus its `seconds`)}; the demo's
@@ -225,8 +205,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, dic
     seconds: dict[str, float] = {}
     paths: dict = {}
     if config.assets == "demo":
+        from xllava_jax.train import demo
         start = time.perf_counter()
-        config, paths = demo_assets(config, workdir)
+        config, paths = demo.configure(config, workdir)
         seconds["assets"] = time.perf_counter() - start
     validate(config)
     results, previous = {}, ""
@@ -237,7 +218,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, dic
         seconds[name] = results[name]["seconds"] = time.perf_counter() - start
         previous = results[name]["checkpoint"] or ""
     if paths and previous and config.stages:  # the whole demo, not one of its stages
-        from xllava_jax.train import demo
         if jax.process_count() > 1:
             log.warning("demo: held-out eval and HF export run single-process; skipped in this %d-process run",
                         jax.process_count())
