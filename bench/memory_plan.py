@@ -94,7 +94,7 @@ from xllava_jax.models.params import abstract_params  # noqa: E402
 from xllava_jax.models.vocab import padded_size  # noqa: E402
 from xllava_jax.train.harness import make_harness  # noqa: E402
 from xllava_jax.train.initialize import exec_kwargs  # noqa: E402
-from xllava_jax.train.sharding import MESH_AXES, make_mesh  # noqa: E402
+from xllava_jax.sharding import MESH_AXES, make_mesh  # noqa: E402
 from xllava_jax.train.state import abstract_state  # noqa: E402
 from xllava_jax.train.validate import trainable_groups  # noqa: E402
 

@@ -32,7 +32,7 @@ from xllava_jax.models import init_params  # noqa: E402
 from xllava_jax.train.defaults import base_config  # noqa: E402
 from xllava_jax.train.harness import make_harness  # noqa: E402
 from xllava_jax.train.metrics import step_flops  # noqa: E402
-from xllava_jax.train.sharding import make_mesh  # noqa: E402
+from xllava_jax.sharding import make_mesh  # noqa: E402
 from xllava_jax.train.state import abstract_state  # noqa: E402
 
 STAGE1, STAGE2 = ("projector",), ("projector", "language_model")

@@ -2,7 +2,7 @@
 
   python -m xllava_jax.main --config configs/demo.py --workdir /tmp/xllava-demo
 
-First the assets (xllava_jax/train/demo.py) go to DIR/data (or data.root): a synthetic multilingual
+First the assets (xllava_jax/demo.py) go to DIR/data (or data.root): a synthetic multilingual
 dataset (PIL-drawn scenes of a coloured shape at a position; captions, questions and answers as parallel
 English/Korean/Chinese records), an English-only SentencePiece tokenizer, and its expansion with
 Korean and Chinese pieces. Then the stages, each in DIR/<name>, each starting from the one before:

@@ -151,7 +151,7 @@ def question_set(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def demo_data_root(tmp_path_factory) -> Path:
     """A small synthetic demo dataset (120 training scenes) with its tokenizers (tokenizer_en/, expanded tokenizer/)."""
-    from xllava_jax.train import demo
+    from xllava_jax import demo
 
     root = tmp_path_factory.mktemp("demo_data")
     demo.prepare(root, num_train=120, num_eval=6)

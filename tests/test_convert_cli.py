@@ -8,7 +8,7 @@ from PIL import Image
 
 import hf_reference as ref
 from xllava_jax.convert.__main__ import main as convert_main
-from xllava_jax.train import checkpoint
+from xllava_jax import checkpoint
 
 VOCAB = 1024  # the 1000-piece test tokenizer + <image> (1000) + <pad> (1001), padded to 64
 

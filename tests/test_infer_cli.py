@@ -58,7 +58,7 @@ def test_generate_writes_llava_answers_and_resumes_after_a_torn_line(tiny_llava_
 
 
 def test_orbax_checkpoint_needs_a_tokenizer_flag(tiny_llava_hf_dir, question_set, tmp_path, monkeypatch, capsys):
-    from xllava_jax.train.checkpoint import save_params
+    from xllava_jax.checkpoint import save_params
     model, params = load_model(tiny_llava_hf_dir)
     ckpt = save_params(tmp_path / "ckpt", params, model.cfg)
     argv = ["generate", "--checkpoint", str(ckpt), "--questions", str(question_set["questions"]),

@@ -158,7 +158,7 @@ SHARDED = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from xllava_jax.convert import hf as convert
     from xllava_jax.infer.generate import generate, GenerationConfig
-    from xllava_jax.train.sharding import make_mesh
+    from xllava_jax.sharding import make_mesh
     from test_infer_generate import llava_case
     model, params = convert.load_hf_llava({path!r})
     prompts, images, _ = llava_case(model.cfg.num_image_tokens)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from train_helpers import losses
-from xllava_jax.train.checkpoint import load_params
+from xllava_jax.checkpoint import load_params
 
 REPO = Path(__file__).parents[1]
 STEPS = 8

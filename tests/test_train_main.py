@@ -13,7 +13,7 @@ import numpy as np
 
 from xllava_jax.models import LlamaConfig, LlavaConfig
 from xllava_jax.tokenizer.spm import load_tokenizer
-from xllava_jax.train.checkpoint import load_params
+from xllava_jax.checkpoint import load_params
 
 REPO = Path(__file__).parents[1]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from xllava_jax.train.checkpoint import load_params
+from xllava_jax.checkpoint import load_params
 from train_helpers import losses
 
 STEPS = 40

@@ -14,7 +14,7 @@ from train_helpers import tiny_batch, tiny_cfg
 from xllava_jax.models import init_params
 from xllava_jax.train.defaults import base_config
 from xllava_jax.train.harness import make_harness
-from xllava_jax.train.sharding import make_mesh
+from xllava_jax.sharding import make_mesh
 
 assert jax.device_count() == 8
 cfg = tiny_cfg()

@@ -6,7 +6,7 @@ import numpy as np
 
 from xllava_jax.models import LlamaConfig, LlavaConfig, init_params
 from xllava_jax.tokenizer.spm import load_tokenizer
-from xllava_jax.train.checkpoint import load_params, save_params
+from xllava_jax.checkpoint import load_params, save_params
 from xllava_jax.train.defaults import base_config, tiny_model
 from xllava_jax.train.loop import run_stage
 

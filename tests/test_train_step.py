@@ -11,7 +11,7 @@ from xllava_jax.models import build_model, init_params
 from xllava_jax.train.defaults import base_config
 from xllava_jax.train.forward import forward, row_slots
 from xllava_jax.train.harness import make_harness
-from xllava_jax.train.sharding import make_mesh
+from xllava_jax.sharding import make_mesh
 from xllava_jax.train.state import abstract_state
 
 CFG = tiny_cfg()

@@ -18,7 +18,7 @@ from xllava_jax.models.vocab import grow_rows, grow_vocab
 from xllava_jax.tokenizer import grow
 from xllava_jax.tokenizer.__main__ import main as tokenizer_main
 from xllava_jax.tokenizer.spm import load_tokenizer
-from xllava_jax.train import checkpoint
+from xllava_jax import checkpoint
 
 TEXT = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 

@@ -1,6 +1,6 @@
 """`python -m xllava_jax.main --config configs/X.py[:arg] --workdir DIR [--config.a.b=value ...]`: train.
 
-Validates the config, then runs it (one stage, or a stage list) with xllava_jax.train.loop.run;
+Validates the config, then runs it (one stage, or a stage list) with xllava_jax.train.loop.run (the demo: xllava_jax.demo.run);
 re-running the same command resumes from the workdir's latest complete checkpoint. Multi-host: give
 --coordinator_address/--num_processes/--process_id on every process (launch/local.py does it on one machine),
 or run under SLURM or on a TPU slice where they are found in the environment.
@@ -53,10 +53,12 @@ def main(argv: list[str]) -> int:
     import jax
     logging.getLogger().setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+    from xllava_jax import demo
     from xllava_jax.train.loop import NonFiniteError, run
     from xllava_jax.train.validate import ConfigError
+    config = _CONFIG.value
     try:
-        results = run(_CONFIG.value, _WORKDIR.value)
+        results = (demo.run if config.get("assets") == "demo" else run)(config, _WORKDIR.value)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from xllava_jax.convert.layout import LLAVA_PREFIXES
 from xllava_jax.models.layers import DTYPES
 from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.models.params import with_param_dtype
-from xllava_jax.train import checkpoint
+from xllava_jax import checkpoint
 
 log = logging.getLogger("xllava_jax.convert")
 

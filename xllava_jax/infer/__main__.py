@@ -16,7 +16,7 @@ from xllava_jax.infer.loading import load_model, load_tokenizer_for
 from xllava_jax.models.vocab import check_tokenizer
 from xllava_jax.infer.prompts import load_image
 from xllava_jax.infer.sampling import SamplingConfig
-from xllava_jax.train.sharding import make_mesh
+from xllava_jax.sharding import make_mesh
 
 
 def add_model_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:

@@ -28,7 +28,7 @@ from xllava_jax.infer.streaming import TextStream
 from xllava_jax.models.llama import KVCache, Llama, LlamaConfig, init_cache
 from xllava_jax.models.llava import Llava, LlavaConfig
 from xllava_jax.models.params import abstract_params, param_logical_axes
-from xllava_jax.train.sharding import DEFAULT_RULES, Rules, spec_for, tree_shardings
+from xllava_jax.sharding import DEFAULT_RULES, Rules, spec_for, tree_shardings
 
 CACHE_AXES = (None, "activation_batch", None, "kv_heads", None)  # [layers, B, max_len, kv_heads, head_dim]
 DEFAULT_STEPS_PER_CALL = 16  # see README "Inference": one dispatch per 16 tokens, stop strings checked as often

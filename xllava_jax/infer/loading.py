@@ -15,8 +15,8 @@ from xllava_jax.models.llama import Llama, LlamaConfig
 from xllava_jax.models.llava import Llava, LlavaConfig
 from xllava_jax.models.params import abstract_params, build_model, param_logical_axes
 from xllava_jax.tokenizer.spm import Tokenizer, load_tokenizer
-from xllava_jax.train.checkpoint import load_config, load_params
-from xllava_jax.train.sharding import tree_shardings
+from xllava_jax.checkpoint import load_config, load_params
+from xllava_jax.sharding import tree_shardings
 
 
 def is_hf_dir(path: str | os.PathLike) -> bool:

@@ -45,6 +45,9 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
 
+from xllava_jax.tokenizer.hf_export import write_hf_tokenizer
+from xllava_jax.tokenizer.proto import model_path, read_model_proto
+
 WORD_START = "\u2581"  # "▁", SentencePiece's whitespace marker
 PIECE = pb.ModelProto.SentencePiece
 MATCHED_TYPES = (PIECE.NORMAL, PIECE.USER_DEFINED, PIECE.UNUSED)  # types the encoder matches against text
@@ -83,27 +86,6 @@ class Expansion:
 
 
 # ---- reading models and vocabulary files ----
-
-def model_path(path: str | os.PathLike) -> Path:
-    """`path` itself, or the tokenizer.model inside an HF tokenizer directory."""
-    path = Path(path)
-    return path / "tokenizer.model" if path.is_dir() else path
-
-
-def read_model_proto(path: str | os.PathLike) -> pb.ModelProto:
-    """The SentencePiece ModelProto of a tokenizer.model file (or an HF tokenizer directory holding one)."""
-    file = model_path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"no SentencePiece model at {file}")
-    proto = pb.ModelProto()
-    try:
-        proto.ParseFromString(file.read_bytes())
-    except Exception as e:  # protobuf raises DecodeError subclasses
-        raise ValueError(f"{file} is not a SentencePiece model: {e}") from e
-    if not proto.pieces:
-        raise ValueError(f"{file} is not a SentencePiece model: it has no pieces")
-    return proto
-
 
 def read_vocab_entries(path: str | os.PathLike) -> list[str]:
     """Non-empty entries of a vocabulary file, one per line (first tab-separated column)."""
@@ -348,7 +330,6 @@ def expand_tokenizer(base: str | os.PathLike, out: str | os.PathLike, *, add_voc
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.model").write_bytes(expanded.SerializeToString())
     if stats.model_type == "bpe":
-        from xllava_jax.tokenizer.hf_export import write_hf_tokenizer
         write_hf_tokenizer(out / "tokenizer.model", out, legacy=base_legacy(base) if legacy is None else legacy)
     (out / SUMMARY_FILE).write_text(json.dumps(
         {**dataclasses.asdict(stats), "new_pieces": stats.new_pieces}, indent=2, ensure_ascii=False) + "\n")

@@ -36,7 +36,7 @@ from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.models.params import ModelConfig, abstract_params
 from xllava_jax.models.vocab import grow_tables, grow_vocab, padded_size
 from xllava_jax.tokenizer.spm import load_tokenizer
-from xllava_jax.train import checkpoint
+from xllava_jax import checkpoint
 
 EMBED_KEY = hf_key(("embed_tokens", "embedding"), LLAMA_PREFIXES)
 HEAD_KEY = hf_key(("lm_head", "kernel"), LLAMA_PREFIXES)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sentencepiece import sentencepiece_model_pb2 as pb
 
-from xllava_jax.tokenizer.expand import model_path, read_model_proto
+from xllava_jax.tokenizer.proto import model_path, read_model_proto
 from xllava_jax.tokenizer.spm import IMAGE_TOKEN, PAD_TOKEN
 
 HF_GENERATED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import sentencepiece as spm
 
-from xllava_jax.tokenizer.expand import model_path
+from xllava_jax.tokenizer.proto import model_path
 
 
 def load_processor(path: str | os.PathLike) -> spm.SentencePieceProcessor:

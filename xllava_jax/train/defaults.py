@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from xllava_jax.train.sharding import DEFAULT_RULES
+from xllava_jax.sharding import DEFAULT_RULES
 
 # Parameter groups (top-level keys of a LLaVA's params) trained by default in each stage.
 STAGE_TRAINABLE = {0: "language_model", 1: "projector", 2: "projector,language_model"}

@@ -18,7 +18,7 @@ from xllava_jax.models.params import ModelConfig
 from xllava_jax.train import trainable
 from xllava_jax.train.initialize import place
 from xllava_jax.train.optimizer import make_optimizer, schedule
-from xllava_jax.train.sharding import DEFAULT_RULES
+from xllava_jax.sharding import DEFAULT_RULES
 from xllava_jax.train.state import TrainState, new_state, state_shardings
 from xllava_jax.train.step import in_mesh, jit_train_step, train_step_fn
 

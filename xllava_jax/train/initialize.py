@@ -21,7 +21,7 @@ from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.models.params import ModelConfig, init_params
 from xllava_jax.models.vocab import check_tokenizer, grow_vocab, padded_size
 from xllava_jax.tokenizer.spm import Tokenizer
-from xllava_jax.train import checkpoint
+from xllava_jax import checkpoint
 
 EXEC_FIELDS = ("dtype", "param_dtype", "attention", "scan_layers", "remat_policy")
 

@@ -23,7 +23,7 @@ from xllava_jax.data.processing import SampleProcessor
 from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.models.params import ModelConfig
 from xllava_jax.tokenizer.spm import Tokenizer
-from xllava_jax.train import sharding
+from xllava_jax import sharding
 from xllava_jax.train.forward import row_slots
 
 

@@ -20,12 +20,12 @@ import numpy as np
 from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.tokenizer.spm import load_tokenizer
 from xllava_jax.train import inputs, trainable
-from xllava_jax.train.checkpoint import TrainCheckpoints, all_process_states, load_config, this_process_state
+from xllava_jax.checkpoint import TrainCheckpoints, all_process_states, load_config, this_process_state
 from xllava_jax.train.harness import Harness, make_harness
 from xllava_jax.train.initialize import initial_model, with_exec
 from xllava_jax.train.loss import modality_gap
 from xllava_jax.train.metrics import MetricsWriter, step_flops
-from xllava_jax.train.sharding import make_mesh
+from xllava_jax.sharding import make_mesh
 from xllava_jax.train.state import TrainState, abstract_state
 from xllava_jax.train.step import eval_step_fn, jit_eval_step
 from xllava_jax.train.validate import trainable_groups, validate
@@ -199,28 +199,14 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, dict]:
     """Run a config: one stage, or each stage of `config.stages` in DIR/<name> (init.source 'previous'
-    starts from the stage before). Returns {stage name: run_stage result (plus its `seconds`)}; the demo's
-    stage list also evaluates, exports and writes DIR/demo_report.json (train/demo.py)."""
+    starts from the stage before). Returns {stage name: run_stage result (plus its `seconds`)}."""
     workdir = Path(workdir)
-    seconds: dict[str, float] = {}
-    paths: dict = {}
-    if config.assets == "demo":
-        from xllava_jax.train import demo
-        start = time.perf_counter()
-        config, paths = demo.configure(config, workdir)
-        seconds["assets"] = time.perf_counter() - start
     validate(config)
     results, previous = {}, ""
     for name in config.stages or ("stage",):
         start = time.perf_counter()
         stage = config[name] if config.stages else config
         results[name] = run_stage(stage, workdir / name if config.stages else workdir, previous)
-        seconds[name] = results[name]["seconds"] = time.perf_counter() - start
+        results[name]["seconds"] = time.perf_counter() - start
         previous = results[name]["checkpoint"] or ""
-    if paths and previous and config.stages:  # the whole demo, not one of its stages
-        if jax.process_count() > 1:
-            log.warning("demo: held-out eval and HF export run single-process; skipped in this %d-process run",
-                        jax.process_count())
-            return results
-        demo.finish(workdir, previous, paths, config[config.stages[-1]].data.template, seconds)
     return results

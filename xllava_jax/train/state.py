@@ -12,7 +12,8 @@ from jax.sharding import Mesh
 
 from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.models.params import ModelConfig, abstract_params, param_logical_axes
-from xllava_jax.train import sharding, trainable
+from xllava_jax import sharding
+from xllava_jax.train import trainable
 
 
 @flax.struct.dataclass

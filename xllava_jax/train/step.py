@@ -21,7 +21,8 @@ from xllava_jax.data.labels import IGNORE_INDEX
 from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.models.params import ModelConfig, build_model
 from xllava_jax.train import loss as losses
-from xllava_jax.train import sharding, trainable
+from xllava_jax import sharding
+from xllava_jax.train import trainable
 from xllava_jax.train.forward import forward
 from xllava_jax.train.state import TrainState
 

@@ -144,6 +144,26 @@ def finish(workdir: Path, checkpoint: str, paths: dict[str, Path], template: str
     return report
 
 
+def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, dict]:
+    """The demo: assets, then the stage list (train.loop.run), then (for the whole list) held-out eval,
+    HF export and DIR/demo_report.json. Returns the per-stage results."""
+    from xllava_jax.train.loop import run as run_stages
+    workdir = Path(workdir)
+    start = time.perf_counter()
+    config, paths = configure(config, workdir)
+    seconds = {"assets": time.perf_counter() - start}
+    results = run_stages(config, workdir)
+    seconds.update({name: r["seconds"] for name, r in results.items()})
+    previous = results[list(results)[-1]]["checkpoint"] if results else ""
+    if previous and config.stages:  # the whole demo, not one of its stages
+        if jax.process_count() > 1:
+            log.warning("demo: held-out eval and HF export run single-process; skipped in this %d-process run",
+                        jax.process_count())
+            return results
+        finish(workdir, previous, paths, config[config.stages[-1]].data.template, seconds)
+    return results
+
+
 def format_report(report: dict) -> str:
     """The short table the demo prints."""
     lines = [f"{'lang':<6}{'accuracy':>10}{'tok/char before':>17}{'after':>8}"]
