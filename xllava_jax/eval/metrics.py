@@ -1,4 +1,4 @@
-"""Benchmark metrics matching LLaVA's evaluation code (DESIGN.md section 4).
+"""Benchmark metrics matching LLaVA's evaluation code (docs/reference.md).
 
 - ``normalize_answer``: EvalAI / VQA answer normalization as LLaVA's ``EvalAIAnswerProcessor``
   (lower case; drop ``,`` ``?``; split ``'s``; punctuation removed or spaced; periods not

@@ -140,7 +140,7 @@ def tiny_model(c: ml_collections.ConfigDict, hidden: int = 64, layers: int = 2, 
 
 def llava15_recipe(stage: int, llm: str, *, vision: str = "clip-vit-large-patch14-336", data_dir: str = "data",
                    stage1_workdir: str = "") -> ml_collections.ConfigDict:
-    """LLaVA-1.5 stage 1 or 2 with the published hyperparameters (DESIGN.md section 4) on a 13B/7B-class model.
+    """LLaVA-1.5 stage 1 or 2 with the published hyperparameters (docs/reference.md) on a 13B/7B-class model.
 
     stage 1: projector only, global batch 256, lr 1e-3, template plain, blip_laion_cc_sbu_558k;
     stage 2: projector + LLM, global batch 128, lr 2e-5, template vicuna_v1, llava_v1_5_mix665k,
