@@ -1,7 +1,9 @@
 """Stage-2 sample path speed per CPU core: ours vs a LLaVA-style reference (transformers CLIPImageProcessor +
-LlamaTokenizer) on the same JPEG files and conversations. Prints samples/s and the ratio.
+LlamaTokenizer) on the same JPEG files and conversations. One pass over the samples per call, both sides in
+turn (interleaved, median and min-max; the process pinned to one CPU and torch to one thread: bench/harness.py).
+Prints samples/s and the ratio, then a JSON report.
 
-    python bench/data_bench.py [--samples 200] [--width 640 --height 480]
+    python bench/data_bench.py [--samples 150] [--width 640 --height 480] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import harness  # noqa: E402
 from data_fixtures import QA, save_hf_llama_tokenizer, train_llama_style_spm  # noqa: E402
 
 from xllava_jax.data import formats  # noqa: E402
@@ -110,27 +114,14 @@ def reference(hf_dir: Path, image_root: Path) -> callable:
     return run
 
 
-def rate(fn, records, repeats: int) -> float:
-    """Samples per second of fn over records (best of `repeats`)."""
-    fn(records[0])
-    best = 0.0
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for r in records:
-            fn(r)
-        best = max(best, len(records) / (time.perf_counter() - t))
-    return best
-
-
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=150)
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5, help="timed passes per side (after one warm-up pass)")
     args = p.parse_args()
-    import torch
-    torch.set_num_threads(1)  # per core
+    harness.pin_threads(1)  # per core: one CPU, one torch thread
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         spm = train_llama_style_spm(d / "tokenizer")
@@ -139,12 +130,23 @@ def main() -> None:
         data = make_dataset(d / "ds", args.samples, args.width, args.height)
         records = formats.load_llava(data, image_root=str(d / "ds"))
         raw = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
-        ours_rate = rate(ours(records, load_tokenizer(hf_dir)), records, args.repeats)
-        ref_rate = rate(reference(hf_dir, d / "ds"), raw, args.repeats)
+        ours_fn, ref_fn = ours(records, load_tokenizer(hf_dir)), reference(hf_dir, d / "ds")
+        result = harness.compare(lambda: [ours_fn(r) for r in records], lambda: [ref_fn(r) for r in raw],
+                                 args.repeats, label="sample path")
+    rates = {side: {k: round(args.samples / v, 1) for k, v in result[f"{side}_s"].items() if k != "n"}
+             for side in ("ours", "peer")}
+    for r in rates.values():  # the slowest pass has the lowest rate
+        r["min"], r["max"] = r["max"], r["min"]
+    report = {**harness.environment(), "samples": args.samples, "image": f"{args.width}x{args.height}",
+              "ours_samples_per_s": rates["ours"], "llava_style_samples_per_s": rates["peer"],
+              "ours_over_llava_style": result["peer_over_ours"], "load": result["load"]}
     print(f"stage-2 sample path, {args.width}x{args.height} JPEG, 1 core, max_len {MAX_LEN}, {N_IMG} image tokens")
-    print(f"  xllava_jax   : {ours_rate:8.1f} samples/s per core")
-    print(f"  LLaVA-style  : {ref_rate:8.1f} samples/s per core (transformers CLIPImageProcessor + LlamaTokenizer)")
-    print(f"  ratio        : {ours_rate / ref_rate:8.2f}x")
+    print(f"  xllava_jax   : {rates['ours']['median']:8.1f} samples/s per core "
+          f"(min-max {rates['ours']['min']}-{rates['ours']['max']})")
+    print(f"  LLaVA-style  : {rates['peer']['median']:8.1f} samples/s per core "
+          f"(min-max {rates['peer']['min']}-{rates['peer']['max']}; transformers CLIPImageProcessor + LlamaTokenizer)")
+    print(f"  ratio        : {result['peer_over_ours']:8.2f}x (median pass time, LLaVA-style / ours)")
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 CPU mode (default): decode tokens/s of our KV-cache generation at batch 1 and 32 for a small
 random LLaMA, against transformers' `generate` on the same weights (ratio = ours / theirs), for
 several `steps_per_call` settings (1 = a jitted step per Python loop iteration; 0 = the whole
-decode in one lax.while_loop).
+decode in one lax.while_loop). Decode time per token = (time of new_tokens - time of 1 token) /
+(new_tokens - 1), so prefill cancels; every generate of both sides runs in turn in each round
+(interleaved, median and min-max over rounds, same pinned threads: bench/harness.py).
 
 GPU mode (`--gpu`, automatic when a GPU is present): a LLaMA-2-7B-shaped random model in bf16 at
 batch 1; decode time per token against the HBM-bandwidth bound (weight bytes / bandwidth).
 
-    python bench/decode_bench.py [--new_tokens 64] [--prompt_len 32]
+    python bench/decode_bench.py [--new_tokens 64] [--prompt_len 32] [--repeats 5] [--threads N]
     python bench/decode_bench.py --gpu [--bandwidth_tbs 3.35]
 """
 
@@ -17,15 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import statistics
+import sys
 import tempfile
 import time
 
-import jax
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from xllava_jax.infer.generate import Engine, GenerationConfig
-from xllava_jax.models import LlamaConfig, build_model, init_params
+import harness  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from xllava_jax.infer.generate import Engine, GenerationConfig  # noqa: E402
+from xllava_jax.models import LlamaConfig, build_model, init_params  # noqa: E402
 
 HBM_TBS = {"H100": 3.35, "H200": 4.8, "A100": 2.0, "GH200": 4.0}  # TB/s by device-kind substring
 
@@ -59,7 +65,7 @@ def decode_seconds(total: callable, new_tokens: int) -> float:
 
 
 def bench_cpu(new_tokens: int, prompt_len: int, repeats: int, batches=(1, 32), steps=(1, 16, 0)) -> dict:
-    """Ours (each steps_per_call) vs transformers generate, decode tokens/s at each batch size."""
+    """Ours (each steps_per_call) vs transformers generate, decode tokens/s at each batch size, interleaved."""
     import torch
     import transformers
 
@@ -76,29 +82,36 @@ def bench_cpu(new_tokens: int, prompt_len: int, repeats: int, batches=(1, 32), s
         hf.save_pretrained(d)
         model, params = load_hf_llama(d)
     engine = Engine(model, params)
-    results = {"torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-               "new_tokens": new_tokens, "prompt_len": prompt_len, "batches": {}}
+    results = {"new_tokens": new_tokens, "prompt_len": prompt_len, "batches": {}}
     for b in batches:
         batch = prompts(b, prompt_len, cfg.vocab_size)
         ids = torch.tensor(batch)
 
-        def hf_time(n: int) -> float:
+        def hf_call(n: int):
             kwargs = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
-            with torch.no_grad():
-                hf.generate(input_ids=ids, **kwargs)
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    hf.generate(input_ids=ids, **kwargs)
-                    times.append(time.perf_counter() - start)
-            return float(np.median(times))
 
-        theirs = b / decode_seconds(hf_time, new_tokens)
-        row = {"transformers_tok_s": round(theirs, 1)}
+            def call():
+                with torch.no_grad():
+                    hf.generate(input_ids=ids, **kwargs)
+            return call
+
+        def ours_call(n: int, k: int):
+            config = GenerationConfig(max_new_tokens=n, eos_ids=(), batch_size=b, steps_per_call=k)
+            return lambda: engine.generate(batch, config=config)
+
+        sides = {"transformers": hf_call, **{f"ours_steps_per_call_{k}": (lambda n, k=k: ours_call(n, k)) for k in steps}}
+        fns = {f"{name}@{n}": make(n) for name, make in sides.items() for n in (new_tokens, 1)}
+        run = harness.interleave(fns, repeats, warmup=1, label=f"decode batch {b}")
+        # tokens/s of each round: prefill cancels in (t(new_tokens) - t(1)) / (new_tokens - 1)
+        rates = {name: [b * (new_tokens - 1) / (tn - t1) for tn, t1 in
+                        zip(run["times"][f"{name}@{new_tokens}"], run["times"][f"{name}@1"])] for name in sides}
+        theirs = statistics.median(rates["transformers"])
+        row = {"transformers_tok_s": harness.summary(rates["transformers"], 1)}
         for k in steps:
-            ours = b / decode_seconds(lambda n: time_ours(engine, batch, n, k, repeats), new_tokens)
-            row[f"ours_steps_per_call_{k}_tok_s"] = round(ours, 1)
-            row[f"ratio_steps_per_call_{k}"] = round(ours / theirs, 2)
+            name = f"ours_steps_per_call_{k}"
+            row[f"{name}_tok_s"] = harness.summary(rates[name], 1)
+            row[f"ratio_steps_per_call_{k}"] = round(statistics.median(rates[name]) / theirs, 2)
+        row["load"] = run["load"]
         results["batches"][str(b)] = row
         print(json.dumps({f"batch {b}": row}), flush=True)
     return results
@@ -131,17 +144,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--new_tokens", type=int, default=64)
     p.add_argument("--prompt_len", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (after one warm-up round)")
     p.add_argument("--gpu", action="store_true", help="GPU mode (default when a GPU is present)")
     p.add_argument("--cpu", action="store_true", help="CPU mode even when a GPU is present")
+    p.add_argument("--threads", type=int, default=None, help="CPU mode: CPU threads for both sides (default: all)")
     p.add_argument("--bandwidth_tbs", type=float, help="HBM bandwidth in TB/s (default: by device kind)")
     args = p.parse_args()
+    if not args.gpu:
+        harness.pin_threads(args.threads)  # before jax starts its CPU client
     gpu = args.gpu or (not args.cpu and jax.default_backend() == "gpu")
     if gpu:
         result = bench_gpu(args.new_tokens, args.prompt_len, args.repeats, args.bandwidth_tbs)
     else:
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        result = bench_cpu(args.new_tokens, args.prompt_len, args.repeats)
+        result = {**harness.environment(), **bench_cpu(args.new_tokens, args.prompt_len, args.repeats)}
     print(json.dumps(result, indent=2))
 
 

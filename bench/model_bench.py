@@ -1,8 +1,8 @@
 """Model benchmark (not a test): forward+backward step time of our LLaVA against transformers'
-PyTorch LLaVA on the same small config, weights and batch; and compile time with scan for
-4 vs 32 decoder layers.
+PyTorch LLaVA on the same small config, weights and batch (interleaved, median and min-max, both on the
+same pinned threads: bench/harness.py); and compile time with scan vs unrolled for 4 vs 32 decoder layers.
 
-    python bench/model_bench.py [--steps 10] [--batch 4] [--text_len 96]
+    python bench/model_bench.py [--repeats 5] [--compile_repeats 5] [--batch 4] [--text_len 96] [--threads N]
 """
 
 from __future__ import annotations
@@ -10,19 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-
+import harness  # noqa: E402
 from xllava_jax.convert import hf as convert  # noqa: E402
 from xllava_jax.models import CLIPVisionConfig, LlamaConfig, LlavaConfig, build_model, init_params  # noqa: E402
 
@@ -59,19 +57,8 @@ def jax_step_fn(cfg: LlavaConfig):
     return jax.jit(jax.value_and_grad(loss_fn))
 
 
-def time_calls(fn, steps: int) -> float:
-    """Median seconds per call after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def bench_step(steps: int, batch_size: int, text_len: int) -> dict:
-    """Ours vs PyTorch: forward+backward seconds per step on the same weights and batch."""
+def bench_step(repeats: int, batch_size: int, text_len: int) -> dict:
+    """Ours vs PyTorch: forward+backward seconds per step on the same weights and batch, interleaved."""
     import torch
     import transformers
 
@@ -83,10 +70,11 @@ def bench_step(steps: int, batch_size: int, text_len: int) -> dict:
         hf = transformers.LlavaForConditionalGeneration.from_pretrained(tmp, attn_implementation="sdpa")
     hf.train()
     step = jax_step_fn(cfg)
-    ours = time_calls(lambda: jax.block_until_ready(step(params, batch["input_ids"], batch["pixel_values"])), steps)
-
     ids = torch.from_numpy(batch["input_ids"].astype(np.int64))
     pixels = torch.from_numpy(batch["pixel_values"].transpose(0, 3, 1, 2).copy())
+
+    def ours():
+        jax.block_until_ready(step(params, batch["input_ids"], batch["pixel_values"]))
 
     def torch_step():
         hf.zero_grad(set_to_none=True)
@@ -94,43 +82,42 @@ def bench_step(steps: int, batch_size: int, text_len: int) -> dict:
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
         loss.backward()
 
-    theirs = time_calls(torch_step, steps)
-    tokens = batch_size * batch["input_ids"].shape[1]
-    return {"ours_s": ours, "torch_s": theirs, "speedup_vs_torch": theirs / ours, "tokens_per_step": tokens,
-            "torch_threads": torch.get_num_threads()}
+    result = harness.compare(ours, torch_step, repeats, label="fwd+bwd")
+    return {**result, "tokens_per_step": batch_size * batch["input_ids"].shape[1]}
 
 
-def bench_compile(layers: tuple[int, ...] = (4, 32)) -> dict:
-    """Seconds to lower+compile the train step, scanned and unrolled, per decoder depth."""
-    out = {}
-    for scan in (True, False):
-        for n in layers:
-            cfg = small_config(layers=n, scan=scan)
-            batch = make_batch(cfg, 1, 16)
-            abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
-            start = time.perf_counter()
-            jax_step_fn(cfg).lower(abstract, batch["input_ids"], batch["pixel_values"]).compile()
-            out[f"{'scan' if scan else 'unrolled'}_{n}_layers_s"] = time.perf_counter() - start
-    out["scan_ratio_32_vs_4"] = out["scan_32_layers_s"] / out["scan_4_layers_s"]
-    out["unrolled_ratio_32_vs_4"] = out["unrolled_32_layers_s"] / out["unrolled_4_layers_s"]
+def bench_compile(repeats: int, layers: tuple[int, ...] = (4, 32)) -> dict:
+    """Seconds to lower+compile the fwd+bwd step, scanned and unrolled, per decoder depth (each variant in
+    turn, `repeats` times; nothing is cached between compiles)."""
+    def compile_fn(n: int, scan: bool):
+        cfg = small_config(layers=n, scan=scan)
+        batch = make_batch(cfg, 1, 16)
+        abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+        return lambda: jax_step_fn(cfg).lower(abstract, batch["input_ids"], batch["pixel_values"]).compile()
+
+    fns = {f"{'scan' if scan else 'unrolled'}_{n}_layers": compile_fn(n, scan) for scan in (True, False) for n in layers}
+    run = harness.interleave(fns, repeats, warmup=1, label="compile")
+    out = {name: harness.summary(t, 2) for name, t in run["times"].items()}
+    med = {name: s["median"] for name, s in out.items()}
+    out["scan_ratio_32_vs_4"] = round(med["scan_32_layers"] / med["scan_4_layers"], 2)
+    out["unrolled_ratio_32_vs_4"] = round(med["unrolled_32_layers"] / med["unrolled_4_layers"], 2)
+    out["load"] = run["load"]
     return out
-
-
-def environment() -> dict:
-    """Where a benchmark ran: device, CPU count, Python and jax versions (the head of every report)."""
-    return {"device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "jax": jax.__version__}
 
 
 def main() -> None:
     """Run both benchmarks and print one JSON report."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=5, help="timed fwd+bwd steps per side (after one warm-up)")
+    p.add_argument("--compile_repeats", type=int, default=5, help="timed compiles per variant (0: skip)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--text_len", type=int, default=96)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for both sides (default: all)")
     args = p.parse_args()
-    report = {**environment(), "step": bench_step(args.steps, args.batch, args.text_len),
-              "compile": bench_compile()}
+    harness.pin_threads(args.threads)
+    report = {**harness.environment(), "step": bench_step(args.repeats, args.batch, args.text_len)}
+    if args.compile_repeats:
+        report["compile"] = bench_compile(args.compile_repeats)
     print(json.dumps(report, indent=2))
 
 

@@ -3,12 +3,13 @@
 1. one full stage-2 train step (forward, backward w.r.t. projector + LLM with the vision tower frozen,
    global-norm clipping, AdamW update) of our jitted step vs transformers' PyTorch LLaVA doing the same
    (vision requires_grad False, torch.optim.AdamW, clip_grad_norm_), same weights and batch: seconds
-   per step and the ratio;
+   per step (interleaved, median and min-max, both sides on the same pinned threads: bench/harness.py)
+   and the ratio;
 2. compiled memory of the stage-1 vs the stage-2 step from XLA's memory analysis
    (jit(...).lower(...).compile().memory_analysis()): frozen params get no optimizer state and no
    weight gradients.
 
-    python bench/train_bench.py [--steps 5] [--batch 4] [--text_len 96]
+    python bench/train_bench.py [--repeats 5] [--batch 4] [--text_len 96] [--threads N]
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from model_bench import environment, make_batch, small_config, time_calls  # noqa: E402
+import harness  # noqa: E402
+from model_bench import make_batch, small_config  # noqa: E402
 from xllava_jax.convert import hf as convert  # noqa: E402
 from xllava_jax.models import init_params  # noqa: E402
 from xllava_jax.train.defaults import base_config  # noqa: E402
@@ -56,8 +58,8 @@ def optim():
     return o
 
 
-def bench_step(steps: int, batch_size: int, text_len: int) -> dict:
-    """Seconds per full train step, ours vs PyTorch."""
+def bench_step(repeats: int, batch_size: int, text_len: int) -> dict:
+    """Seconds per full train step, ours vs PyTorch, interleaved."""
     import torch
     import transformers
 
@@ -71,8 +73,6 @@ def bench_step(steps: int, batch_size: int, text_len: int) -> dict:
     def ours_step():
         holder["state"], m = step(holder["state"], batch)
         jax.block_until_ready(m)
-
-    ours = time_calls(ours_step, steps)
 
     with tempfile.TemporaryDirectory() as tmp:
         convert.save_hf_llava(cfg, params, tmp)
@@ -95,12 +95,12 @@ def bench_step(steps: int, batch_size: int, text_len: int) -> dict:
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
 
-    theirs = time_calls(torch_step, steps)
+    result = harness.compare(ours_step, torch_step, repeats, label="stage-2 train step")
+    ours = result["ours_s"]["median"]
     tokens = batch["input_ids"].size
     flops = step_flops(cfg, STAGE2, tokens, batch["input_ids"].shape[1], batch_size)
-    return {"ours_s": ours, "torch_s": theirs, "torch_over_ours": theirs / ours, "tokens_per_step": tokens,
-            "ours_tokens_per_s": tokens / ours, "ours_model_gflops_per_s": flops / ours / 1e9,
-            "torch_threads": torch.get_num_threads()}
+    return {**result, "tokens_per_step": tokens, "ours_tokens_per_s": round(tokens / ours, 1),
+            "ours_model_gflops_per_s": round(flops / ours / 1e9, 2)}
 
 
 def bench_memory(batch_size: int, text_len: int) -> dict:
@@ -121,13 +121,15 @@ def bench_memory(batch_size: int, text_len: int) -> dict:
 def main() -> None:
     """Run both and print one JSON report."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per side (after one warm-up)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--text_len", type=int, default=96)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for both sides (default: all)")
     args = p.parse_args()
-    report = {**environment(),
+    harness.pin_threads(args.threads)
+    report = {**harness.environment(),
               "memory": bench_memory(args.batch, args.text_len),
-              "step": bench_step(args.steps, args.batch, args.text_len)}
+              "step": bench_step(args.repeats, args.batch, args.text_len)}
     print(json.dumps(report, indent=2))
 
 

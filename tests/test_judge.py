@@ -63,7 +63,7 @@ def test_judge_run_caches_and_reports(fake_openai, fake_api_env, tmp_path):
     assert s["run_api"]["retries"] > 0 and s["cached_tokens"]["prompt_tokens"] > 0
     assert {p.name for p in out.iterdir()} >= {"judgements.jsonl", "summary.json", "table.md", "chart.png"}
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| X-LLaVA | LLaVA | - | 3 (50.0%)" in (out / "table.md").read_text()
+    assert "| X-LLaVA | LLaVA | swap | - | 3 (50.0%)" in (out / "table.md").read_text() and s["protocol"] == "swap"
     before = server.counts["requests"]
     again = run_judge(cfg, ChatClient(ApiConfig.from_env()))
     assert server.counts["requests"] == before and again["counts"] == s["counts"] and again["run_api"]["requests"] == 0
@@ -95,3 +95,30 @@ def test_judge_cli_never_writes_the_key(fake_openai, tmp_path):
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert FAKE_API_KEY.encode() not in path.read_bytes(), path
+
+
+def test_xllava_protocol_asks_once_with_the_papers_question_and_charts_pairs(fake_openai, fake_api_env, tmp_path):
+    from xllava_jax.eval.__main__ import main
+
+    server = fake_openai()
+    fake_api_env(server)
+    q, a, b = _write_inputs(tmp_path)
+    cfg = JudgeConfig(str(q), str(a), str(b), str(tmp_path / "img"), str(tmp_path / "x"), "X-LLaVA", "GPT4-V",
+                      progress=False, protocol="xllava")
+    s = run_judge(cfg, ChatClient(ApiConfig.from_env()))
+    # one order per question (6 requests); the fake judge prefers the longer answer: ids 0,2,4 A, 1 similar, 3,5 B
+    assert s["counts"] == {"win": 3, "tie": 1, "loss": 2} and s["protocol"] == "xllava"
+    assert server.counts["requests"] == 6
+    messages = server.requests[0]["messages"]
+    assert [m["role"] for m in messages] == ["user"]  # no system prompt, no extra instructions
+    text = messages[0]["content"][-1]["text"]
+    assert text.endswith("Which answer is better? Reply 'Answer A is better', 'Answer B is better' or "
+                         "'Both answers are similar'.") and "length" not in text
+    swap = run_judge(JudgeConfig(str(q), str(a), str(b), str(tmp_path / "img"), str(tmp_path / "s"), "X-LLaVA",
+                                 "LLaVA", progress=False), ChatClient(ApiConfig.from_env()))
+    assert swap["protocol"] == "swap"
+    assert main(["chart", str(tmp_path / "x" / "summary.json"), str(tmp_path / "s" / "summary.json"),
+                 "--out", str(tmp_path / "pairs.png")]) == 0
+    assert (tmp_path / "pairs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="protocol"):
+        JudgeConfig(str(q), str(a), str(b), "i", "o", protocol="both")

@@ -109,10 +109,12 @@ def test_llava_logits_match_transformers_on_mixed_image_and_text_rows(llava_dir)
     got = model.apply({"params": params}, ids.astype(np.int32), pixel_values=images, attention_mask=mask)
     real = mask.astype(bool)
     assert ref.scaled_diff(got[real], want[real]) < ref.TOLERANCE
-    # a trailing unused image slot (fixed shapes under jit) changes nothing
+    # a trailing unused image slot (fixed shapes under jit) changes nothing: a leak of the zero image into a row
+    # would move logits by their own scale; the extra slot is another program (another batch shape), whose
+    # matmuls XLA may block differently (6.9e-7 on AVX-512 CPUs), so round-off is allowed, scaled to the logits
     padded = np.concatenate([images, np.zeros_like(images[:1])])
     got_padded = model.apply({"params": params}, ids.astype(np.int32), pixel_values=padded, attention_mask=mask)
-    assert ref.scaled_diff(got_padded, got) == 0.0
+    assert ref.scaled_diff(got_padded, got) < ref.TOLERANCE
 
 
 def test_llava_rejects_wrong_image_token_count(llava_dir):

@@ -95,7 +95,7 @@ def test_listed_words_encode_as_one_piece(expanded):
 
 def test_corpus_expansion_adds_exactly_the_requested_number(spm_model_path, expanded):
     summary = json.loads((expanded["corpus"] / "expansion.json").read_text())
-    assert summary["new_pieces"] == 400
+    assert summary["new_pieces"] == 400 and summary["characters"] > 0  # corpus characters first, then merges
     assert sp_of(expanded["corpus"] / "tokenizer.model").get_piece_size() == sp_of(spm_model_path).get_piece_size() + 400
 
 
@@ -208,3 +208,30 @@ def test_new_bpe_scores_stay_distinct_below_huge_negative_scores(spm_model_path,
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     for text in MIXED:
         assert hf(text).input_ids == [1] + sp.encode(text)
+
+
+def test_corpus_characters_above_the_floor_are_kept_beyond_the_limit(tmp_path):
+    """A small new-piece limit used to drop the single characters a corpus needs (CJK punctuation fell back to
+    bytes); every character seen min_char_count times is kept, and the report flags a byte-fallback rise."""
+    from xllava_jax.demo import train_tokenizer
+    from xllava_jax.tokenizer.report import byte_fallback_rise, format_report, tokenizer_report
+    base = train_tokenizer(ENGLISH * 3, tmp_path / "en" / "tokenizer.model", 600)
+    zh = vocab_text.write_text(tmp_path / "zh.txt", vocab_text.generate("zh", 400, 7))
+    lines = zh.read_text(encoding="utf-8").splitlines()
+    assert any("。" in line for line in lines) and any("？" in line for line in lines)
+    shares = {}
+    for floor in (0, 5):
+        out = tmp_path / f"floor{floor}"
+        stats = expand.expand_tokenizer(base, out, train_corpus=zh, new_pieces=300, min_char_count=floor,
+                                        num_threads=1)
+        sp = sp_of(out / "tokenizer.model")
+        ids = [i for line in lines for i in sp.encode(line)]
+        shares[floor] = sum(map(sp.is_byte, ids)) / len(ids)
+        assert stats.characters == (0 if floor == 0 else len(expand.corpus_characters(zh, 5)))
+        assert stats.new_pieces == 300
+    assert shares[0] > 0.1 and shares[5] == 0.0
+    assert sp_of(tmp_path / "floor5" / "tokenizer.model").encode("。？", out_type=str) == ["▁", "。", "？"]
+    report = tokenizer_report(base, tmp_path / "floor5" / "tokenizer.model", {"zh": zh})
+    assert report["byte_fallback_rise"] == [] and "WARNING" not in format_report(report)
+    report["languages"]["zh"]["after"]["byte_fallback_share"] = 1.0  # as if the expansion lost characters
+    assert byte_fallback_rise(report) == ["zh"] and "WARNING zh: byte-fallback share rose" in format_report(report)

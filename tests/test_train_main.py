@@ -56,11 +56,17 @@ def test_demo_stage_list_runs(tmp_path, demo_data_root, train_subprocess_env):
     assert set(report["accuracy"]) == {"en", "ko", "zh"}
     assert all(0.0 <= v <= 1.0 for v in report["accuracy"].values())
     assert 0 < report["chance"] < 1
+    # (4 steps a stage read no image: tests/test_demo_guard.py runs the full demo and checks the accuracy)
+    kinds = {"color", "position", "shape"}
+    assert set(report["accuracy_by_kind"]) == set(report["text_only_baseline_by_kind"]) == kinds
+    assert all(set(v) == kinds for v in report["accuracy_by_language_and_kind"].values())
+    assert set(report["text_only_baseline"]) == {"en", "ko", "zh"}
+    assert all(report["chance"] < v < 1 for v in report["text_only_baseline"].values())
     assert report["tokens_per_char"]["ko"]["after"] < report["tokens_per_char"]["ko"]["before"]
     assert report["tokens_per_char"]["zh"]["after"] < report["tokens_per_char"]["zh"]["before"]
     export = report["export"]
-    assert export["reimport_max_abs_diff"] == 0.0
+    assert export["reimport_max_abs_diff"] == 0.0  # same program, same inputs, round-tripped params: bit for bit
     assert export["transformers_max_abs_diff"] < 1e-4 * max(1.0, export["max_abs_logit"])
     assert (work / "hf" / "config.json").exists() and (work / "hf" / "tokenizer.model").exists()
     assert set(report["seconds"]) >= {"assets", "base", "stage0", "stage1", "stage2", "eval", "export"}
-    assert "accuracy" in out.stdout and "chance" in out.stdout
+    assert "accuracy" in out.stdout and "chance" in out.stdout and "text-only" in out.stdout

@@ -97,11 +97,20 @@ def test_gradient_accumulation_equals_one_big_batch():
 
 def test_consistency_loss_is_reported_and_trains_the_projector():
     batch = tiny_batch(CFG)
-    _, m0 = run_steps((STAGE1,), batch)
-    _, m = run_steps((STAGE1, 1, 0.5), batch)
+    without, m0 = run_steps((STAGE1,), batch)
+    with_cons, m = run_steps((STAGE1, 1, 0.5), batch)
     cons = float(m[0]["consistency_loss"])
     assert 0.0 < cons < 2.0
     assert abs(float(m[0]["loss"]) - (float(m0[0]["loss"]) + 0.5 * cons)) < 1e-5
+    # the projector moved, and the consistency term's gradient reached it: its update differs from the step
+    # without the term by more than round-off; the frozen vision tower and LLM stay bit for bit
+    for (path, a), (_, b), (_, c) in zip(leaves(PARAMS), leaves(with_cons), leaves(without)):
+        if path[0].key == "projector":
+            assert not np.array_equal(a, b), path
+            moved = np.abs(np.asarray(b, np.float64) - a).max()
+            assert np.abs(np.asarray(b, np.float64) - c).max() > 1e-3 * moved, path
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=str(path))
 
 
 def test_nonfinite_step_is_skipped_and_counted():

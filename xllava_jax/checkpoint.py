@@ -58,13 +58,20 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
     return config_from_dict(raw[MODEL_CONFIG])
 
 
-def load_params(path: str | os.PathLike, shardings: Any = None) -> tuple[ModelConfig, Any]:
+def load_params(path: str | os.PathLike, shardings: Any = None, to_host: bool = False) -> tuple[ModelConfig, Any]:
     """(model config, params) of a checkpoint; `shardings` (a pytree like the params) places
-    each array directly on its devices, otherwise params land on the first local device, whatever
-    mesh or number of processes wrote the checkpoint."""
+    each array directly on its devices; `to_host` reads NumPy arrays into host memory (no device holds
+    the model: what training start-up places with the step's shardings); otherwise params land on the
+    first local device, whatever mesh or number of processes wrote the checkpoint."""
     directory = resolve(path).absolute()
     cfg = load_config(directory)
     abstract = abstract_params(cfg)
+    if to_host:
+        target = jax.tree_util.tree_map(lambda a: np.empty(a.shape, a.dtype), abstract)  # pages untouched until read
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+            restored = checkpointer.restore(directory, args=ocp.args.Composite(**{
+                PARAMS: ocp.args.StandardRestore(target)}))
+        return cfg, restored[PARAMS]
     if shardings is None:
         shardings = jax.tree_util.tree_map(lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
                                            abstract)
@@ -82,6 +89,17 @@ OPT_STATE = "opt_state"
 DATA_STATE = "data_state"
 TRAIN_STATE = "train_state"
 ITEMS = (PARAMS, OPT_STATE, DATA_STATE, TRAIN_STATE, MODEL_CONFIG)
+
+
+def load_train_state(path: str | os.PathLike) -> dict:
+    """The `train_state` JSON of a training checkpoint (step, stage, and the prompt template and instruction the
+    model was trained with); {} for a checkpoint without one (e.g. converted from HF)."""
+    directory = resolve(path).absolute()
+    if not (directory / TRAIN_STATE).is_dir():
+        return {}
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        raw = checkpointer.restore(directory, args=ocp.args.Composite(**{TRAIN_STATE: ocp.args.JsonRestore()}))
+    return dict(raw[TRAIN_STATE] or {})
 
 
 def all_process_states(state: dict) -> dict:

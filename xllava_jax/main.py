@@ -23,6 +23,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-host: HOS
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
 flags.mark_flags_as_required(["config", "workdir"])
+HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
+
 
 def cluster_detected(env: dict) -> bool:
     """A multi-process SLURM job or a multi-host TPU slice (where jax.distributed.initialize() finds the rest)."""
@@ -60,17 +62,72 @@ def main(argv: list[str]) -> int:
     try:
         results = (demo.run if config.get("assets") == "demo" else run)(config, _WORKDIR.value)
     except ConfigError as e:
-        print(e, file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteError as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 3
-    summary = {name: {"step": r["step"], "checkpoint": r["checkpoint"], "metrics": r["metrics"]}
-               for name, r in results.items()}
+    summary = {name: {"step": r["step"], "checkpoint": r["checkpoint"], "metrics": r["metrics"],
+                      **({"data": r["data"]} if "data" in r else {})} for name, r in results.items()}
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=1, default=str))
     return 0
 
 
+def load_config_file(spec: str):
+    """The ConfigDict of `--config` FILE.py[:ARG] (its get_config(ARG)), loaded without the command-line flags."""
+    from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+    return ConfigFileFlagParser("config", lock_config=False).parse(spec)  # the parser --config itself uses
+
+
+def flag_error(error: Exception, argv: list[str]) -> Exception:
+    """A flag-parsing failure as a user error: for a `--config.` override, which key is wrong and the nearest
+    one (or, in a stage list, that the stage name comes first); otherwise absl's message."""
+    from xllava_jax.cli import UserError
+    from xllava_jax.train.validate import override_problem
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None and "--config" in argv[:-1]:
+        spec = argv[argv.index("--config") + 1]
+    overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if spec and overrides:
+        try:
+            config = load_config_file(spec)
+        except Exception as e:  # noqa: BLE001 - the config file itself is broken: say so
+            return UserError(f"--config {spec}: {e}")
+        for key in overrides:
+            problem = override_problem(config, key)
+            if problem:
+                return UserError(problem)
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return UserError(f"{message} (see --help)")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Entry point: --help prints the flags and exits 0; a bad flag, config or path prints one `error:` line and
+    exits 2 (the traceback too with --verbose); training stopped by non-finite losses exits 3."""
+    from xllava_jax.cli import UserError, guarded, pop_verbose
+    argv = list(sys.argv if argv is None else argv)
+    rest, verbose = pop_verbose(argv[1:])
+    if any(a in HELP_FLAGS for a in rest):
+        print(__doc__)
+        print(f"flags:\n{flags.FLAGS.module_help(flags.FLAGS.find_module_defining_flag('workdir'))}")
+        print("  --verbose: show the traceback of an error too\n    (default: 'false')")
+        return 0
+
+    def parse(args: list[str]) -> list[str]:
+        try:
+            left = flags.FLAGS(args)
+        except Exception as e:  # noqa: BLE001 - every flag problem is the user's
+            raise flag_error(e, args) from e
+        try:
+            _CONFIG.value.get("stages")  # a config file that failed to load raises here
+        except OSError as e:
+            reason = str(e).strip().splitlines()[-1].strip()
+            raise UserError(f"--config {flags.FLAGS['config'].config_filename}: cannot load it ({reason})") from e
+        return left
+
+    return guarded(lambda: app.run(main, argv=[argv[0], *rest], flags_parser=parse), verbose)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(cli())

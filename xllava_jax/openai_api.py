@@ -11,6 +11,20 @@ are retried with capped exponential backoff and full jitter (``Retry-After`` is
 honoured). Token usage from each reply's ``usage`` is summed into ``ApiStats`` and
 priced with per-million-token prices; once the spent plus reserved cost would pass the
 budget, no new request starts and ``BudgetExceeded`` is raised, so runs stop cleanly.
+
+Money across reruns (``ChatClient(config, store=path)``): every paid reply is appended to a
+JSONL reply store *before* the caller validates it, keyed by a hash of the request (model,
+messages, parameters and an optional ``tag``; never the key), so a rerun that sends the same
+request gets the stored reply for free. A request that timed out may still have been billed:
+it is booked at the estimated cost of one request (``possibly_billed_usd``) and written to the
+store too. The budget is cumulative: what the store records (earlier runs' replies and
+timeouts) counts against ``budget_usd`` from the start.
+
+Why not the ``openai`` package: its client retries inside one call, so we could neither reserve
+budget per attempt nor book each possibly billed timeout, and the store, the stats and the
+budget gate would have to wrap it with ``max_retries=0``, leaving only its HTTP layer, which
+``urllib`` already covers without a dependency. The tests' fault injection (a local fake server)
+would work with either.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import dataclasses
+import hashlib
 import http.client
 import json
 import logging
@@ -112,6 +127,10 @@ class ApiStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    possibly_billed_usd: float = 0.0  # timed-out requests, at the estimated cost of one request
+    timeouts: int = 0
+    cached_replies: int = 0  # replies served from the reply store (not paid again)
+    prior_usd: float = 0.0  # what the reply store says earlier runs spent
     reserved_usd: float = 0.0
     _priced: int = 0
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
@@ -131,6 +150,8 @@ class ChatResult:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
+    key: str = ""  # the request's key in the reply store ("" without a store)
+    cached: bool = False  # served from the reply store (nothing paid now)
 
 
 def image_data_url(path: str | os.PathLike) -> str:
@@ -186,19 +207,77 @@ class RateLimiter:
 class _Retryable(Exception):
     """Internal: a transient failure worth another attempt."""
 
-    def __init__(self, reason: str, retry_after: float | None = None):
+    def __init__(self, reason: str, retry_after: float | None = None, maybe_billed: bool = False):
         super().__init__(reason)
         self.retry_after = retry_after
+        self.maybe_billed = maybe_billed
+
+
+def request_key(body: Mapping[str, Any], tag: str = "") -> str:
+    """Stable hash of one request (what is asked, of which model; never the API key) plus a caller's tag."""
+    blob = json.dumps([tag, body], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class ReplyStore:
+    """Append-only JSONL of paid replies {"key", "text", "finish_reason", tokens, "cost_usd"} and of possibly
+    billed timeouts {"key": null, "timeout": true, "cost_usd"}: the record of what was spent, read back on a
+    rerun (a torn last line, from a crash, is ignored)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()
+        self.replies: dict[str, dict[str, Any]] = {}
+        self.spent_usd = 0.0
+        if os.path.exists(self.path):
+            with open(self.path, "rb") as f:
+                lines = f.read().split(b"\n")
+            for lineno, raw in enumerate(lines[:-1], 1):
+                if not raw.strip():
+                    continue
+                try:
+                    entry = json.loads(raw)
+                except ValueError as e:
+                    raise ValueError(f"{self.path}:{lineno}: corrupt reply-store line ({e})") from e
+                self.spent_usd += float(entry.get("cost_usd") or 0.0)
+                if entry.get("forget"):
+                    self.replies.pop(entry["key"], None)
+                elif entry.get("key"):
+                    self.replies[entry["key"]] = entry
+            if lines[-1].strip():  # cut a torn tail so appends stay line-aligned
+                with open(self.path, "rb+") as f:
+                    f.truncate(sum(len(x) + 1 for x in lines[:-1]))
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stored reply of a request, or None."""
+        with self._lock:
+            return self.replies.get(key)
+
+    def add(self, entry: Mapping[str, Any]) -> None:
+        """Append one entry durably (one write, flush, fsync)."""
+        line = json.dumps(dict(entry), ensure_ascii=False) + "\n"
+        with self._lock:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            if entry.get("forget"):
+                self.replies.pop(entry["key"], None)
+            elif entry.get("key"):
+                self.replies[entry["key"]] = dict(entry)
 
 
 class ChatClient:
     """Thread-safe chat-completions client with retries, rate limit, accounting and a budget."""
 
-    def __init__(self, config: ApiConfig):
+    def __init__(self, config: ApiConfig, store: str | os.PathLike | None = None):
         if not config.base_url or not config.model:
             raise ValueError("ApiConfig needs base_url and model (set OPENAI_BASE_URL / OPENAI_MODEL or pass them)")
         self.config = config
         self.stats = ApiStats()
+        self.store = ReplyStore(store) if store is not None else None
+        self.stats.prior_usd = self.store.spent_usd if self.store else 0.0
         self._limiter = RateLimiter(config.requests_per_minute)
         self._rng = random.Random(config.seed)
         self._rng_lock = threading.Lock()
@@ -224,20 +303,27 @@ class ChatClient:
             while budget is not None and not self.stats._priced and self._inflight:
                 self._cond.wait()
             est = self._estimate()
-            if budget is not None and self.stats.cost_usd + self.stats.reserved_usd + est > budget:
+            if budget is not None and self.spent_total() + self.stats.reserved_usd + est > budget:
                 raise BudgetExceeded(
-                    f"budget ${budget:.4f} reached (spent ${self.stats.cost_usd:.4f}, "
-                    f"in flight ${self.stats.reserved_usd:.4f})")
+                    f"budget ${budget:.4f} reached (spent ${self.spent_total():.4f} including earlier runs' "
+                    f"${self.stats.prior_usd:.4f} and possibly billed timeouts, in flight ${self.stats.reserved_usd:.4f})")
             self.stats.reserved_usd += est
             self._inflight += 1
             return est
 
-    def _settle(self, reserved: float, result: ChatResult | None) -> None:
-        """Release a reservation and book the real usage."""
+    def spent_total(self) -> float:
+        """Earlier runs' spend (reply store) + this run's priced replies + possibly billed timeouts."""
+        return self.stats.prior_usd + self.stats.cost_usd + self.stats.possibly_billed_usd
+
+    def _settle(self, reserved: float, result: ChatResult | None, maybe_billed: float = 0.0) -> None:
+        """Release a reservation and book the real usage (or a possibly billed timeout's estimate)."""
         with self._cond:
             self.stats.reserved_usd -= reserved
             self.stats.requests += 1
             self._inflight -= 1
+            if maybe_billed:
+                self.stats.timeouts += 1
+                self.stats.possibly_billed_usd += maybe_billed
             if result is not None:
                 self.stats._priced += 1
                 self.stats.prompt_tokens += result.prompt_tokens
@@ -249,7 +335,7 @@ class ChatClient:
         """Whether another request could start now."""
         b = self.config.budget_usd
         with self._cond:
-            return b is None or self.stats.cost_usd + self.stats.reserved_usd + self._estimate() <= b
+            return b is None or self.spent_total() + self.stats.reserved_usd + self._estimate() <= b
 
     # -- transport ------------------------------------------------------------------------
     def _post_once(self, body: bytes) -> ChatResult:
@@ -267,7 +353,7 @@ class ChatClient:
                 raise _Retryable(f"HTTP {e.code}", retry_after) from None
             raise ApiError(f"HTTP {e.code} from {self.config.endpoint()}") from None
         except (TimeoutError, socket.timeout):
-            raise _Retryable("timeout") from None
+            raise _Retryable("timeout", maybe_billed=True) from None
         except urllib.error.URLError as e:
             raise _Retryable(f"connection error ({type(e.reason).__name__})") from None
         except (ConnectionError, http.client.HTTPException, OSError) as e:
@@ -286,22 +372,38 @@ class ChatClient:
         pt, ct = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         return ChatResult(text, choice.get("finish_reason"), pt, ct, token_cost(pt, ct, self.config))
 
-    def complete(self, messages: Sequence[Mapping[str, Any]], **params: Any) -> ChatResult:
-        """Send one chat request (retrying transient failures) and return the reply."""
-        body = json.dumps({
-            "model": self.config.model,
-            "messages": list(messages),
-            "max_tokens": self.config.max_tokens,
-            "temperature": self.config.temperature,
-            **params,
-        }).encode("utf-8")
+    def _timeout_cost(self, body: bytes) -> float:
+        """What a timed-out request may have cost: the mean priced reply, else the request's size in tokens
+        (4 bytes a token) plus max_tokens of output."""
+        with self._cond:
+            mean = self._estimate()
+        return mean or token_cost(len(body) // 4, self.config.max_tokens, self.config)
+
+    def complete(self, messages: Sequence[Mapping[str, Any]], tag: str = "", **params: Any) -> ChatResult:
+        """Send one chat request (retrying transient failures) and return the reply.
+
+        With a reply store, a request already paid for (same body and `tag`) is answered from the store at no
+        cost; a new paid reply is stored before it is returned (so before the caller validates it). Callers
+        that want a fresh reply to the same messages (a retry after a bad reply) pass a different `tag`."""
+        request = {"model": self.config.model, "messages": list(messages), "max_tokens": self.config.max_tokens,
+                   "temperature": self.config.temperature, **params}
+        key = request_key(request, tag) if self.store else ""
+        stored = self.store.get(key) if self.store else None
+        if stored is not None:
+            with self.stats._lock:
+                self.stats.cached_replies += 1
+            return ChatResult(stored["text"], stored.get("finish_reason"), 0, 0, 0.0, key, cached=True)
+        body = json.dumps(request).encode("utf-8")
         for attempt in range(self.config.max_retries + 1):
             reserved = self._reserve()
             self._limiter.wait()
             try:
                 result = self._post_once(body)
             except _Retryable as e:
-                self._settle(reserved, None)
+                maybe = self._timeout_cost(body) if e.maybe_billed else 0.0
+                self._settle(reserved, None, maybe)
+                if maybe and self.store:
+                    self.store.add({"key": None, "timeout": True, "cost_usd": maybe})
                 if attempt == self.config.max_retries:
                     with self.stats._lock:
                         self.stats.failures += 1
@@ -320,9 +422,20 @@ class ChatClient:
                 with self.stats._lock:
                     self.stats.failures += 1
                 raise
+            if self.store:  # stored before anyone validates it: a rerun never pays for it again
+                self.store.add({"key": key, "text": result.text, "finish_reason": result.finish_reason,
+                                "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                                "cost_usd": result.cost_usd})
+                result = dataclasses.replace(result, key=key)
             self._settle(reserved, result)
             return result
         raise AssertionError("unreachable")
+
+    def forget(self, result: ChatResult) -> None:
+        """Drop a stored reply the caller found unusable, so the same request is asked (and paid) anew next
+        time; what it cost still counts against the budget."""
+        if self.store and result.key:
+            self.store.add({"key": result.key, "forget": True, "cost_usd": 0.0})
 
 
 def _retry_after(value: str | None) -> float | None:

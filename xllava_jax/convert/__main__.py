@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 
+from xllava_jax.cli import UserError, add_subparsers, new_parser, run_subcommand
 from xllava_jax.convert import hf
 from xllava_jax.convert.layout import LLAVA_PREFIXES
 from xllava_jax.models.layers import DTYPES
@@ -23,12 +24,14 @@ log = logging.getLogger("xllava_jax.convert")
 
 def hf_to_orbax(args: argparse.Namespace) -> None:
     """Import an HF LLaVA or LLaMA directory (or LLaMA + CLIP) into an Orbax checkpoint."""
+    if args.llama_dir and not args.clip_dir:
+        raise UserError("--llama_dir needs --clip_dir")
     if args.hf_dir:
         kind = hf.read_hf_config(args.hf_dir).model_type
         loader = {"llava": hf.load_hf_llava, "llama": hf.load_hf_llama}.get(kind)
         if loader is None:
-            raise SystemExit(f"{args.hf_dir}: model_type {kind!r} is not supported (llava or llama); "
-                             "for a CLIP tower use --llama_dir with --clip_dir")
+            raise UserError(f"{args.hf_dir}: model_type {kind!r} is not supported (llava or llama); "
+                            "for a CLIP tower use --llama_dir with --clip_dir")
         model, params = loader(args.hf_dir)
     else:
         model, params = hf.init_llava_from_hf(args.llama_dir, args.clip_dir, seed=args.seed,
@@ -46,7 +49,8 @@ def orbax_to_hf(args: argparse.Namespace) -> None:
     if args.dtype:
         params, cfg = hf.cast_params(params, args.dtype), with_param_dtype(cfg, args.dtype)
     if isinstance(cfg, LlavaConfig):
-        hf.save_hf_llava(cfg, params, args.out, tokenizer_dir=args.tokenizer_dir, layout=args.layout)
+        hf.save_hf_llava(cfg, params, args.out, tokenizer_dir=args.tokenizer_dir, layout=args.layout,
+                         template=args.template or None)
     else:
         hf.save_hf_llama(cfg, params, args.out, tokenizer_dir=args.tokenizer_dir)
     log.info("wrote %s", args.out)
@@ -54,9 +58,8 @@ def orbax_to_hf(args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the convert command."""
-    p = argparse.ArgumentParser(prog="python -m xllava_jax.convert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = new_parser("python -m xllava_jax.convert", __doc__)
+    sub = add_subparsers(p)
     a = sub.add_parser("hf-to-orbax", help="HF directory -> Orbax checkpoint")
     source = a.add_mutually_exclusive_group(required=True)
     source.add_argument("--hf_dir", help="a LlavaForConditionalGeneration or LlamaForCausalLM directory")
@@ -67,25 +70,26 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0, help="seed of the fresh projector")
     a.add_argument("--dtype", choices=sorted(DTYPES), help="cast params (default: keep the checkpoint's dtype)")
     a.add_argument("--out", required=True, help="output checkpoint directory")
-    a.set_defaults(run=hf_to_orbax)
+    a.set_defaults(fn=hf_to_orbax)
     b = sub.add_parser("orbax-to-hf", help="Orbax checkpoint -> HF directory")
     b.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a workdir (latest step)")
-    b.add_argument("--out", required=True, help="output HF directory")
-    b.add_argument("--tokenizer_dir", help="HF tokenizer files to include (adds the processor config for LLaVA)")
+    b.add_argument("--out", required=True, help="output HF directory (written whole or not at all)")
+    b.add_argument("--tokenizer_dir", help="the checkpoint's HF tokenizer directory: exported to tokenize like "
+                                           "training (legacy), with the processor config and chat template")
+    b.add_argument("--template", default="vicuna_v1",
+                   help="the conversation template the model was trained with: the export's chat_template "
+                        "(vicuna_v1, llava_llama_2, plain; '' for none)")
     b.add_argument("--layout", default="llava-hf", choices=sorted(LLAVA_PREFIXES), help="LLaVA key layout")
     b.add_argument("--dtype", choices=sorted(DTYPES), help="cast params (default: keep the checkpoint's dtype)")
-    b.set_defaults(run=orbax_to_hf)
+    b.set_defaults(fn=orbax_to_hf)
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: 0, or 2 with one `error:` line for a bad input (nothing is written then)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parser().parse_args(argv)
-    if getattr(args, "llama_dir", None) and not args.clip_dir:
-        parser().error("--llama_dir needs --clip_dir")
-    args.run(args)
+    return run_subcommand(parser, argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -12,7 +12,9 @@ import jax
 import numpy as np
 import transformers
 
+from xllava_jax.cli import UserError, atomic_output
 from xllava_jax.convert import hf_config
+from xllava_jax.convert.chat_template import chat_template
 from xllava_jax.convert.layout import (CLIP_PREFIXES, LLAMA_PREFIXES, LLAVA_PREFIXES, detect_layout, flatten,
                                        from_hf_layout, hf_key, hf_tensors, is_stacked, unflatten)
 from xllava_jax.convert.safetensors_io import StateDict, write_sharded
@@ -20,8 +22,10 @@ from xllava_jax.models.clip import CLIPVisionTransformer
 from xllava_jax.models.layers import DTYPES
 from xllava_jax.models.llama import Llama, LlamaConfig
 from xllava_jax.models.llava import Llava, LlavaConfig
-from xllava_jax.models.params import abstract_params, build_model, init_params
-from xllava_jax.models.vocab import grow_vocab
+from xllava_jax.models.params import abstract_params, build_model, init_group
+from xllava_jax.models.vocab import check_tokenizer, grow_vocab
+from xllava_jax.tokenizer.hf_export import export_hf_tokenizer, update_tokenizer_config
+from xllava_jax.tokenizer.spm import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -111,36 +115,74 @@ def init_llava_from_hf(llama_dir: str | os.PathLike, clip_dir: str | os.PathLike
     cfg = LlavaConfig(vision=vision.cfg, text=text_cfg, projector_type=projector_type, image_token_id=image_token_id,
                       pad_token_id=pad_token_id, vision_feature_layer=vision_feature_layer)
     model = build_model(cfg)
-    fresh = init_params(cfg, jax.random.PRNGKey(seed))
+    projector = init_group(cfg, "projector", jax.random.PRNGKey(seed))  # not a whole LLaVA on one device
     params = {"vision_tower": vision_params, "language_model": lm_params,
-              "projector": jax.tree_util.tree_map(np.asarray, fresh["projector"])}
+              "projector": jax.tree_util.tree_map(np.asarray, projector)}
     return model, params
 
 
 def save_hf_llava(model: Llava | LlavaConfig, params: dict, path: str | os.PathLike,
                   tokenizer_dir: str | os.PathLike | None = None, layout: str = "llava-hf",
-                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, template: str | None = "vicuna_v1") -> None:
     """Write a directory that transformers' LlavaForConditionalGeneration.from_pretrained loads.
 
-    With `tokenizer_dir` (an HF tokenizer directory), its files are copied and a processor
-    config is written so AutoProcessor.from_pretrained loads the directory too. `layout`
-    names the key layout (see convert.layout.LLAVA_PREFIXES; llava-hf loads everywhere).
+    With `tokenizer_dir` (an HF tokenizer directory), the tokenizer is exported to tokenize prompts as
+    training did (see export_hf_tokenizer) with the chat template of `template` (the training
+    conversation template; None: none), and a processor config is written so AutoProcessor loads the
+    directory too. `layout` names the key layout (convert.layout.LLAVA_PREFIXES; llava-hf loads
+    everywhere). Every input is checked first, and `path` appears whole or not at all.
     """
     cfg = model.cfg if isinstance(model, Llava) else model
+    check_param_shapes(params, cfg)
     hf_cfg = hf_config.llava_to_hf(cfg, params_dtype(params["vision_tower"]), params_dtype(params["language_model"]))
-    write_params(params, path, LLAVA_PREFIXES[layout], hf_cfg, max_shard_bytes)
     if tokenizer_dir is not None:
-        save_processor(cfg, tokenizer_dir, path)
+        check_tokenizer_dir(cfg, tokenizer_dir)
+        jinja = chat_template(template) if template else None
+    with atomic_output(path) as tmp:
+        write_params(params, tmp, LLAVA_PREFIXES[layout], hf_cfg, max_shard_bytes)
+        if tokenizer_dir is not None:
+            save_processor(cfg, tokenizer_dir, tmp, jinja)
 
 
 def save_hf_llama(model: Llama | LlamaConfig, params: dict, path: str | os.PathLike,
                   tokenizer_dir: str | os.PathLike | None = None,
                   max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
-    """Write a transformers LlamaForCausalLM directory (what stage 0 produces)."""
+    """Write a transformers LlamaForCausalLM directory (what stage 0 produces); checked first, written whole."""
     cfg = model.cfg if isinstance(model, Llama) else model
-    write_params(params, path, LLAMA_PREFIXES, hf_config.llama_to_hf(cfg, params_dtype(params)), max_shard_bytes)
+    check_param_shapes(params, cfg)
+    hf_cfg = hf_config.llama_to_hf(cfg, params_dtype(params))
     if tokenizer_dir is not None:
-        copy_tokenizer(tokenizer_dir, path)
+        check_tokenizer_dir(cfg, tokenizer_dir)
+    with atomic_output(path) as tmp:
+        write_params(params, tmp, LLAMA_PREFIXES, hf_cfg, max_shard_bytes)
+        if tokenizer_dir is not None:
+            export_hf_tokenizer(tokenizer_dir, tmp)
+
+
+class ExportError(UserError, ValueError):
+    """Inputs of an export that do not fit together (tokenizer vs model, params vs config)."""
+
+
+def check_param_shapes(params: dict, cfg: LlavaConfig | LlamaConfig) -> None:
+    """Raise ExportError naming the first parameter whose shape (or presence) differs from what `cfg` needs."""
+    have = dict(flatten(params))
+    for path, spec in flatten(abstract_params(cfg)):
+        name = "/".join(map(str, path))
+        if path not in have:
+            raise ExportError(f"parameter {name} is missing; the config needs shape {spec.shape}")
+        if tuple(have[path].shape) != tuple(spec.shape):
+            raise ExportError(f"parameter {name} has shape {tuple(have[path].shape)}; the config needs {spec.shape}")
+
+
+def check_tokenizer_dir(cfg: LlavaConfig | LlamaConfig, tokenizer_dir: str | os.PathLike) -> None:
+    """Raise ExportError unless `tokenizer_dir` is a tokenizer directory whose ids fit the model (check_tokenizer)."""
+    if not (Path(tokenizer_dir) / "tokenizer.model").is_file():
+        raise ExportError(f"--tokenizer_dir {tokenizer_dir}: no tokenizer.model there (an HF tokenizer directory "
+                          "of the checkpoint's SentencePiece model is expected)")
+    try:
+        check_tokenizer(cfg, load_tokenizer(tokenizer_dir))
+    except ValueError as e:
+        raise ExportError(f"tokenizer {tokenizer_dir} does not match the checkpoint: {e}") from e
 
 
 def copy_tokenizer(tokenizer_dir: str | os.PathLike, out: str | os.PathLike) -> list[str]:
@@ -156,18 +198,20 @@ def copy_tokenizer(tokenizer_dir: str | os.PathLike, out: str | os.PathLike) -> 
     return copied
 
 
-def save_processor(cfg: LlavaConfig, tokenizer_dir: str | os.PathLike, out: str | os.PathLike) -> None:
-    """Tokenizer files plus a LlavaProcessor config (CLIP preprocessing at the model's image size)."""
-    copy_tokenizer(tokenizer_dir, out)
+def save_processor(cfg: LlavaConfig, tokenizer_dir: str | os.PathLike, out: str | os.PathLike,
+                   chat_template: str | None = None) -> None:
+    """The exported tokenizer (export_hf_tokenizer) plus a LlavaProcessor config (CLIP preprocessing at the
+    model's image size) carrying `chat_template` too."""
+    tokenizer = export_hf_tokenizer(tokenizer_dir, out, chat_template)
     size = cfg.vision.image_size
     image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": size},
                                                       crop_size={"height": size, "width": size})
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(out), local_files_only=True)
     processor = transformers.LlavaProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=cfg.vision.patch_size,
         vision_feature_select_strategy=cfg.vision_feature_select_strategy, num_additional_image_tokens=1,
-        image_token=tokenizer.convert_ids_to_tokens(cfg.image_token_id))
-    processor.save_pretrained(str(out))
+        image_token=tokenizer.convert_ids_to_tokens(cfg.image_token_id), chat_template=chat_template)
+    processor.save_pretrained(str(out))  # saves the tokenizer again
+    update_tokenizer_config(out, legacy=True)
 
 
 def params_dtype(params: dict) -> str:

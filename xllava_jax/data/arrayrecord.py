@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from etils import epath
 
+from xllava_jax.cli import atomic_output
 from xllava_jax.data import images, report
 from xllava_jax.data.report import DataStats
 
@@ -34,27 +35,43 @@ def decode_record(data: bytes) -> dict:
 
 def write_shards(records: Sequence[dict], out_dir: str | os.PathLike, num_shards: int = 1,
                  stats: DataStats | None = None, strict: bool = False, prefix: str = "data") -> list[str]:
-    """Write records (images read from disk, missing ones skipped and counted) into ArrayRecord shards."""
+    """Write records (images read from disk, missing ones skipped and counted) into ArrayRecord shards.
+
+    A local `out_dir` is written whole or not at all: the shards go to a temporary directory that replaces
+    `out_dir` once every record is written (a strict-mode error leaves `out_dir` as it was).
+    """
+    if "://" in os.fspath(out_dir):  # cloud storage: no atomic rename
+        return _write_shards(records, epath.Path(out_dir), num_shards, stats, strict, prefix)
+    with atomic_output(out_dir) as tmp:
+        names = [os.path.basename(p) for p in _write_shards(records, epath.Path(tmp), num_shards, stats, strict,
+                                                             prefix)]
+    return [os.path.join(os.path.abspath(out_dir), name) for name in names]
+
+
+def _write_shards(records: Sequence[dict], out: epath.Path, num_shards: int, stats: DataStats | None,
+                  strict: bool, prefix: str) -> list[str]:
+    """write_shards into `out` directly."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    out = epath.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stats = stats if stats is not None else DataStats()
     paths = [os.fspath(out / f"{prefix}-{i:05d}-of-{num_shards:05d}.array_record") for i in range(num_shards)]
     writers = [ArrayRecordWriter(p, "group_size:1") for p in paths]
     n = 0
-    for rec in records:
-        blob = None
-        if rec.get("image"):
-            try:
-                blob = epath.Path(images.image_path(rec["image"], rec.get("image_root"))).read_bytes()
-            except FileNotFoundError:
-                stats.skip(rec["id"], report.MISSING_IMAGE, rec["image"], strict)
-                continue
-        writers[n % num_shards].write(encode_record(rec, blob))
-        n += 1
-    for w in writers:
-        w.close()
+    try:
+        for rec in records:
+            blob = None
+            if rec.get("image"):
+                try:
+                    blob = epath.Path(images.image_path(rec["image"], rec.get("image_root"))).read_bytes()
+                except FileNotFoundError:
+                    stats.skip(rec["id"], report.MISSING_IMAGE, rec["image"], strict)
+                    continue
+            writers[n % num_shards].write(encode_record(rec, blob))
+            n += 1
+    finally:
+        for w in writers:
+            w.close()
     stats.kept += n
     return paths
 

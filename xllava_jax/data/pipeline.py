@@ -13,7 +13,7 @@ import grain
 import numpy as np
 
 from xllava_jax.data.length_grouping import length_grouped_order, record_length
-from xllava_jax.data.processing import SKIP
+from xllava_jax.data.processing import PIECES, SKIP
 from xllava_jax.data.report import DataError, DataStats
 from xllava_jax.data.sequences import collate, fits, num_images
 
@@ -121,17 +121,25 @@ class BatchDataset(grain.IterDataset):
 
 
 class BatchIterator(grain.DatasetIterator):
-    """Iterator whose state is the parent state before the carried-over example, plus the stats."""
+    """Iterator whose state is the parent state before the carried-over example (and which piece of a split
+    document it is), plus the stats."""
 
     def __init__(self, parent: grain.DatasetIterator, spec: BatchSpec, stats: DataStats):
         super().__init__(parent)
         self.spec, self.stats = spec, stats
         self.pending: dict | None = None
-        self.pending_state: dict | None = None
+        self.pending_state: tuple[dict, int] | None = None  # (parent state before its record, piece index)
+        self.pieces: list[dict] = []  # the rest of a split document
+        self.pieces_state: tuple[dict, int] | None = None  # (parent state before it, index of pieces[0])
+        self.skip_pieces = 0  # after set_state: pieces of the first record already trained
         self.exhausted = False
 
-    def _pull(self) -> tuple[dict | None, dict]:
-        """Next good example (skip markers counted) and the parent state before it; None at the end."""
+    def _pull(self) -> tuple[dict | None, tuple[dict, int]]:
+        """Next good example (skip markers counted) and (parent state before its record, piece index)."""
+        if self.pieces:
+            parent, index = self.pieces_state
+            self.pieces_state = (parent, index + 1)
+            return self.pieces.pop(0), (parent, index)
         run = 0
         while True:
             state = self._parent.get_state()
@@ -147,7 +155,12 @@ class BatchIterator(grain.DatasetIterator):
                                     f"so far {dict(self.stats.skipped)}, e.g. {self.stats.examples} "
                                     "(see the warnings above; for no_trained_tokens raise max_len)")
                 continue
-            return ex, state
+            if PIECES in ex:
+                first, self.skip_pieces = self.skip_pieces, 0
+                self.pieces, self.pieces_state = list(ex[PIECES][first + 1:]), (state, first + 1)
+                return ex[PIECES][first], (state, first)
+            self.skip_pieces = 0
+            return ex, (state, 0)
 
     def _next_row(self) -> list[dict]:
         """One row: a single example, or (packing) as many consecutive examples as fit."""
@@ -183,26 +196,30 @@ class BatchIterator(grain.DatasetIterator):
             raise StopIteration
         for row in rows:
             for ex in row:
-                self.stats.kept += 1
-                self.stats.truncated += int(bool(ex.get("truncated")))
-                if ex.get("lang"):
-                    self.stats.languages[ex["lang"]] += 1
+                self.stats.count(ex)
         batch = collate(rows, self.spec.batch_size, self.spec.max_len, self.spec.pad_id,
                         self.spec.max_images_per_row, self.spec.image_shape)
         batch["num_samples"] = np.int32(sum(len(r) for r in rows))
         return batch
 
     def get_state(self) -> dict:
-        """Parent state at the first not-yet-batched example, and the stats so far."""
-        parent = self.pending_state if self.pending is not None else self._parent.get_state()
-        return {"parent": parent, "stats": self.stats.to_dict()}
+        """Parent state at the record of the first not-yet-batched example, its piece index, and the stats."""
+        if self.pending is not None:
+            parent, piece = self.pending_state
+        elif self.pieces:
+            parent, piece = self.pieces_state
+        else:
+            parent, piece = self._parent.get_state(), 0
+        return {"parent": parent, "piece": piece, "stats": self.stats.to_dict()}
 
     def set_state(self, state: dict) -> None:
         """Resume exactly at the state from get_state."""
         self._parent.set_state(state["parent"])
         restored = DataStats.from_dict(state["stats"])
         self.stats.__dict__.update(restored.__dict__)
-        self.pending = self.pending_state = None
+        self.pending = self.pending_state = self.pieces_state = None
+        self.pieces = []
+        self.skip_pieces = state.get("piece", 0)
         self.exhausted = False
 
 

@@ -8,11 +8,17 @@ import numpy as np
 
 from xllava_jax.data import images, labels, report
 from xllava_jax.data.report import DataError
-from xllava_jax.data.sequences import truncate
+from xllava_jax.data.sequences import split_document, truncate
 from xllava_jax.data.templates import Template, get_template
 from xllava_jax.tokenizer.spm import Tokenizer
 
 SKIP = "_skip"
+PIECES = "_pieces"  # a split text document: its pieces, each an example
+
+
+def expand_pieces(example: dict) -> list[dict]:
+    """The examples an element of the processor's output stands for (a split document's pieces, else itself)."""
+    return example[PIECES] if PIECES in example else [example]
 
 
 def skip_marker(record_id: str, reason: str, detail: str = "") -> dict:
@@ -32,6 +38,7 @@ class SampleProcessor:
     pad_image: bool = True
     strict: bool = False
     load_images: bool = True  # False: tokens only (inspect/stats), images not opened
+    split_documents: bool = True  # text documents longer than max_len become pieces (False: truncated)
 
     def __call__(self, record: dict) -> dict:
         """Process one record; exceptions from bad input become skip markers (or DataError when strict)."""
@@ -43,10 +50,13 @@ class SampleProcessor:
             return skip_marker(str(record.get("id")), *e.args)
 
     def process(self, record: dict) -> dict:
-        """Example of `record` (raises _Skip on bad input)."""
+        """Example of `record` (raises _Skip on bad input); a split document is {"id", PIECES: [examples]}."""
         tok = self.tokenizer
         if "text" in record:
             ids, labs = labels.encode_text_document(tok, record["text"])
+            if self.split_documents and len(ids) > self.max_len:
+                return {"id": str(record.get("id")),
+                        PIECES: [self._example(record, i, la, 0) for i, la in split_document(ids, labs, self.max_len)]}
         else:
             template = get_template(self.template) if isinstance(self.template, str) else self.template
             ids, labs = labels.encode_conversation(tok, template, [tuple(t) for t in record["turns"]],
@@ -56,12 +66,23 @@ class SampleProcessor:
             raise _Skip(report.IMAGE_RUN_CUT, f"{len(ids)} tokens > max_len {self.max_len}")
         if labels.trained_token_count(cut[1]) == 0:
             raise _Skip(report.NO_TRAINED_TOKENS, f"{len(ids)} tokens, max_len {self.max_len}")
-        example = {"id": str(record.get("id")), "input_ids": np.asarray(cut[0], np.int32),
-                   "labels": np.asarray(cut[1], np.int32), "truncated": len(cut[0]) < len(ids),
-                   "lang": record.get("lang")}
-        if tok.image_token_id in cut[0] and self.load_images:
+        example = self._example(record, *cut, len(ids) - len(cut[0]))
+        if "text" not in record:
+            example["content"] = np.asarray(labels.content_mask(tok, template, [tuple(t) for t in record["turns"]],
+                                                                self.num_image_tokens)[:len(cut[0])], np.int32)
+        n_images = cut[0].count(tok.image_token_id) // self.num_image_tokens
+        if n_images and self.load_images:
             example["pixel_values"] = self.load_pixels(record)[None]
+        elif n_images:
+            example["num_images"] = n_images
         return example
+
+    @staticmethod
+    def _example(record: dict, ids: list[int], labs: list[int], tokens_cut: int) -> dict:
+        """The example dict of token lists (`tokens_cut`: tokens lost to truncation)."""
+        return {"id": str(record.get("id")), "input_ids": np.asarray(ids, np.int32),
+                "labels": np.asarray(labs, np.int32), "truncated": tokens_cut > 0, "tokens_cut": tokens_cut,
+                "lang": record.get("lang")}
 
     def load_pixels(self, record: dict) -> np.ndarray:
         """Preprocessed pixels of the record's image (inline `image_bytes` or `image` under `image_root`)."""

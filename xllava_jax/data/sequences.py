@@ -1,4 +1,5 @@
-"""Sequences: truncation that never cuts an image-token run, greedy packing into rows, and batch collation.
+"""Sequences: truncation that never cuts an image-token run, splitting long text documents, greedy packing into
+rows, and batch collation.
 
 An *example* is a dict with int32 `input_ids`, `labels`, optional float32 `pixel_values` [n_images, S, S, 3],
 and `id`. `collate` builds the batch contract documented in README "Data formats".
@@ -27,10 +28,21 @@ def truncate(ids: list[int], labels: list[int], max_len: int, image_token_id: in
     return ids[:max_len], labels[:max_len]
 
 
+def split_document(ids: list[int], labels: list[int], max_len: int) -> list[tuple[list[int], list[int]]]:
+    """A text document `<s> ... </s>` longer than `max_len` as pieces of at most `max_len` tokens: the first as
+    it starts, each later one `<s>` (untrained) + the next max_len - 1 tokens, so every token is trained once."""
+    if len(ids) <= max_len:
+        return [(ids, labels)]
+    pieces = [(ids[:max_len], labels[:max_len])]
+    for start in range(max_len, len(ids), max_len - 1):
+        pieces.append(([ids[0], *ids[start:start + max_len - 1]], [IGNORE_INDEX, *labels[start:start + max_len - 1]]))
+    return pieces
+
+
 def num_images(example: dict) -> int:
-    """Number of images an example carries."""
+    """Number of images an example carries (pixels, or the count when images are not loaded)."""
     pv = example.get("pixel_values")
-    return 0 if pv is None else len(pv)
+    return example.get("num_images", 0) if pv is None else len(pv)
 
 
 def fits(row: Sequence[dict], example: dict, max_len: int, max_images: int) -> bool:
@@ -45,7 +57,7 @@ def collate(rows: Sequence[Sequence[dict]], batch_size: int, max_len: int, pad_i
     shape = (batch_size, max_len)
     batch = {"input_ids": np.full(shape, pad_id, np.int32), "labels": np.full(shape, IGNORE_INDEX, np.int32),
              "attention_mask": np.zeros(shape, np.int32), "positions": np.zeros(shape, np.int32),
-             "segment_ids": np.zeros(shape, np.int32)}
+             "segment_ids": np.zeros(shape, np.int32), "content_mask": np.zeros(shape, np.int32)}
     pixels = np.zeros((batch_size * max_images_per_row, *image_shape), np.float32)
     n_img = 0
     for r, row in enumerate(rows):
@@ -57,9 +69,10 @@ def collate(rows: Sequence[Sequence[dict]], batch_size: int, max_len: int, pad_i
             batch["attention_mask"][r, t:t + n] = 1
             batch["positions"][r, t:t + n] = np.arange(n)
             batch["segment_ids"][r, t:t + n] = s
+            batch["content_mask"][r, t:t + n] = ex["content"] if "content" in ex else ex["labels"] != IGNORE_INDEX
             t += n
             k = num_images(ex)
-            if k:
+            if k and "pixel_values" in ex:
                 pixels[n_img:n_img + k] = ex["pixel_values"]
                 n_img += k
     batch["pixel_values"] = pixels

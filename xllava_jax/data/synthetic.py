@@ -1,11 +1,13 @@
 """The demo's synthetic multilingual dataset: PIL-drawn scenes of one coloured shape at a
 position, with parallel English/Korean/Chinese captions, questions and answers, stage-0 text
-corpora, and held-out questions. Nothing is downloaded."""
+corpora, held-out questions, and held-out text for the tokenizer report. Nothing is downloaded."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
+import string
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,37 @@ CAPTIONS = {
 }
 # chance accuracy of guessing each question kind uniformly
 CHANCE = {"color": 1 / len(COLORS), "shape": 1 / len(SHAPES), "position": 1 / len(POSITIONS)}
+
+# Held-out text for the tokenizer report (tokens per character): sentence templates and vocabulary of their
+# own, none of which the training text (captions, questions, answers, stage-0 corpora) uses, so the report
+# measures the expansion on text it was not trained on. The sentences share only characters and short endings
+# with the training text (Korean verb endings, a few Chinese characters), as new text in a language does.
+HELDOUT_WORDS = {
+    "en": {"animal": ["cat", "dog", "rabbit", "duck", "fox", "owl"],
+           "place": ["kitchen", "garden", "river", "bridge", "library", "forest"],
+           "time": ["morning", "evening", "night", "winter", "summer", "weekend"],
+           "food": ["bread", "apples", "soup", "rice", "cheese", "noodles"]},
+    # nouns end in a vowel so the particles 가 / 를 / 와 fit every filler
+    "ko": {"animal": ["고양이", "강아지", "토끼", "오리", "여우", "부엉이"],
+           "place": ["부엌", "정원", "강가", "다리", "도서관", "숲속"],
+           "time": ["아침", "저녁", "밤", "겨울", "여름", "주말"],
+           "food": ["사과", "국수", "치즈", "수프", "피자", "바나나"]},
+    "zh": {"animal": ["小猫", "小狗", "兔子", "鸭子", "狐狸", "猫头鹰"],
+           "place": ["厨房", "花园", "河边", "桥下", "图书馆", "森林"],
+           "time": ["早上", "晚上", "夜里", "冬天", "夏天", "周末"],
+           "food": ["面包", "苹果", "米饭", "面条", "奶酪", "鸡汤"]},
+}
+HELDOUT_TEMPLATES = {
+    "en": ["Every {time}, my {animal} sleeps beside our {place}.",
+           "Our {animal} found some {food} near this {place}.",
+           "Did your {animal} eat {food} during {time}?"],
+    "ko": ["{time}마다 {animal}가 {place}에서 잡니다.",
+           "{animal}가 어제 {food}를 먹었어요.",
+           "{time}에는 {animal}와 함께 {place}에 갔어요."],
+    "zh": ["{time}{animal}总是待在{place}睡觉。",
+           "我们的{animal}昨天吃了{food}。",
+           "{time}的时候，{animal}喜欢去{place}玩。"],
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +150,20 @@ def text_corpus(scenes: list[Scene], lang: str) -> list[str]:
             for i, s in enumerate(scenes) for k in [list(QUESTIONS)[i % len(QUESTIONS)]]]
 
 
+def heldout_text(count: int, lang: str, seed: int) -> list[str]:
+    """`count` distinct held-out sentences in `lang` (HELDOUT_TEMPLATES filled from HELDOUT_WORDS), deterministic."""
+    rng = np.random.default_rng(seed)
+    words, templates = HELDOUT_WORDS[lang], HELDOUT_TEMPLATES[lang]
+    slots = [[f for _, f, _, _ in string.Formatter().parse(t) if f] for t in templates]
+    if count > sum(int(np.prod([len(words[f]) for f in fs])) for fs in slots):
+        raise ValueError(f"held-out text: {count} distinct {lang} lines asked, the templates make fewer")
+    lines: dict[str, None] = {}
+    while len(lines) < count:
+        template = templates[len(lines) % len(templates)]
+        lines[template.format(**{k: str(rng.choice(v)) for k, v in words.items()})] = None
+    return list(lines)
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     """Write records one JSON object per line (UTF-8)."""
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
@@ -145,7 +192,8 @@ def write_dataset(out: str | Path, num_train: int = 600, num_eval: int = 60, ima
 
     Held-out questions use LLaVA's question format plus `lang` and `answer`:
     {"question_id", "image", "text", "lang", "kind", "answer"}. Held-out text (for the tokenizer
-    report) describes the held-out scenes.
+    report): `num_eval` lines per language from HELDOUT_TEMPLATES / HELDOUT_WORDS, which no training
+    file uses.
     """
     paths = dataset_paths(out)
     out = paths["root"]
@@ -173,10 +221,36 @@ def write_dataset(out: str | Path, num_train: int = 600, num_eval: int = 60, ima
     text_scenes = random_scenes(num_train, seed + 2)
     for lang in LANGS:
         write_lines(paths[f"text_{lang}"], text_corpus(text_scenes, lang))
-        write_lines(paths[f"heldout_text_{lang}"], text_corpus(held_out, lang))
+        write_lines(paths[f"heldout_text_{lang}"], heldout_text(num_eval, lang, seed + 3))
     return paths
+
+
+def training_files(out: str | Path) -> list[Path]:
+    """The text a demo model or tokenizer trains on: stage-0 corpora, caption and QA records (and the
+    ko/zh expansion corpus the demo writes beside them), everything under `out` but held-out files and images."""
+    paths = dataset_paths(out)
+    held_out = {paths["questions"], *(paths[f"heldout_text_{la}"] for la in LANGS)}
+    return sorted(p for p in Path(out).glob("*") if p.is_file() and p.suffix in (".txt", ".jsonl") and p not in held_out)
 
 
 def chance_accuracy() -> float:
     """Expected accuracy of uniform guessing over the held-out question kinds."""
     return float(np.mean(list(CHANCE.values())))
+
+
+def text_only_baseline(questions: list[dict]) -> dict:
+    """The best a model that ignores the image can do: answer every question with the most common answer of
+    its kind in its language, scored on `questions` (held-out records with lang, kind, answer).
+    {"by_language": {lang: acc}, "by_kind": {kind: acc}, "overall": acc}."""
+    answers: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+    for q in questions:
+        answers[(q["lang"], q["kind"])].append(q["answer"])
+    hits = {key: collections.Counter(a).most_common(1)[0][1] for key, a in answers.items()}
+
+    def accuracy(keys: list[tuple[str, str]]) -> float:
+        return sum(hits[k] for k in keys) / sum(len(answers[k]) for k in keys)
+
+    langs, kinds = sorted({la for la, _ in answers}), sorted({k for _, k in answers})
+    return {"by_language": {la: accuracy([k for k in answers if k[0] == la]) for la in langs},
+            "by_kind": {kind: accuracy([k for k in answers if k[1] == kind]) for kind in kinds},
+            "overall": accuracy(list(answers))}

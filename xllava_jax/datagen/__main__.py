@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Sequence
 
-from xllava_jax.cli import run_subcommand
+from xllava_jax.cli import add_subparsers, new_parser, run_subcommand
 from xllava_jax.datagen.mvif import MvifConfig, run_mvif, summary_json
 from xllava_jax.datagen.prompts import DEFAULT_TURNS, MVIF_TYPES
 from xllava_jax.datagen.translate import TranslateConfig, agreement_bleu, export_language, load_translator, run_translate
@@ -45,17 +45,22 @@ def add_api_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rpm", dest="requests_per_minute", type=float, help="rate limit, requests per minute (0 = none)")
     g.add_argument("--timeout_s", type=float, help="per-request timeout in seconds (default 120)")
     g.add_argument("--max_retries", type=int, help="retries on 429/5xx/timeouts (default 6)")
-    g.add_argument("--budget_usd", type=float, help="stop cleanly once this much is spent")
+    g.add_argument("--budget_usd", type=float, help="stop cleanly once this much is spent, counting what earlier "
+                                                    "runs with the same --out spent (OUT.replies.jsonl)")
     g.add_argument("--price_input_per_1m", type=float, help="USD per 1M prompt tokens (default 2.5)")
     g.add_argument("--price_output_per_1m", type=float, help="USD per 1M completion tokens (default 10)")
     g.add_argument("--max_tokens", type=int, help="max completion tokens per request (default 2048)")
 
 
+REPLIES_SUFFIX = ".replies.jsonl"  # next to --out: every paid reply and possibly billed timeout (see openai_api)
+
+
 def api_client(args: argparse.Namespace) -> ChatClient:
-    """Client from the environment with CLI overrides."""
+    """Client from the environment with CLI overrides; its reply store OUT.replies.jsonl makes the budget
+    cumulative across reruns and never pays twice for the same request."""
     keys = ("base_url", "model", "concurrency", "requests_per_minute", "timeout_s", "max_retries", "budget_usd",
             "price_input_per_1m", "price_output_per_1m", "max_tokens")
-    return ChatClient(ApiConfig.from_env(**{k: getattr(args, k) for k in keys}))
+    return ChatClient(ApiConfig.from_env(**{k: getattr(args, k) for k in keys}), store=args.out + REPLIES_SUFFIX)
 
 
 def cmd_mvif(args: argparse.Namespace) -> int:
@@ -95,8 +100,8 @@ def cmd_agree(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The datagen argument parser."""
-    p = argparse.ArgumentParser(prog="python -m xllava_jax.datagen", description=__doc__, epilog=ENV_HELP)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = new_parser("python -m xllava_jax.datagen", __doc__, epilog=ENV_HELP)
+    sub = add_subparsers(p)
 
     m = sub.add_parser("mvif", help="generate the X-LLaVA mvif set from Visual Genome", epilog=ENV_HELP,
                        description="Generate object/location/atmosphere/conversation data in en/ko/zh "

@@ -125,6 +125,7 @@ def run_task(task: Task, client: ChatClient, cfg: MvifConfig, seeds: Mapping[str
         record, scene_graph = reply_to_record(result.text, result.finish_reason, image_id=img.image_id,
                                               image=img.image, mvif_type=t, turns=cfg.turns[t])
     except RejectError as e:
+        client.forget(result)  # kept in the rejects file; --retry_rejects asks anew
         return {"reject": {**base, "reason": e.reason, "detail": e.detail, "reply": result.text[:4000], **usage}}
     meta = {"id": task.id, "main_objects": list(img.main_objects), "scene_graph": scene_graph, **usage}
     return {"record": record, "meta": meta}

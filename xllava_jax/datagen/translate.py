@@ -63,11 +63,15 @@ class ApiTranslator:
                   f"Reply with only a JSON array of exactly {len(texts)} translated strings, in order.\n"
                   + json.dumps(list(texts), ensure_ascii=False))
         result = self.client.complete([text_message("system", TRANSLATE_SYSTEM), text_message("user", prompt)])
-        if result.finish_reason == "length":
-            raise RejectError("truncated", "translation reply stopped at max_tokens")
-        out = extract_json(result.text)
-        if not isinstance(out, list) or len(out) != len(texts) or not all(isinstance(t, str) for t in out):
-            raise RejectError("bad_translation_reply", f"expected a JSON array of {len(texts)} strings")
+        try:
+            if result.finish_reason == "length":
+                raise RejectError("truncated", "translation reply stopped at max_tokens")
+            out = extract_json(result.text)
+            if not isinstance(out, list) or len(out) != len(texts) or not all(isinstance(t, str) for t in out):
+                raise RejectError("bad_translation_reply", f"expected a JSON array of {len(texts)} strings")
+        except RejectError:
+            self.client.forget(result)  # a retry of this request must get a new reply (it was paid for all the same)
+            raise
         return out
 
 
@@ -209,23 +213,41 @@ def chunk_records(records: Sequence[Mapping[str, Any]], sizes: Sequence[int], ba
         yield chunk
 
 
+def translate_language(texts: Sequence[Sequence[str]], translator: Translator, src: str,
+                       lang: str) -> list[list[str] | RejectError]:
+    """Each record's texts in `lang`: one batch for the chunk; if that reply is rejected, record by record (only
+    for this language: the other languages' replies are kept). A record that still fails gets its RejectError."""
+    flat = [t for ts in texts for t in ts]
+    try:
+        done = translate_texts(translator, flat, src, lang)
+    except RejectError as e:
+        if len(texts) == 1:
+            return [e]
+        return [translate_language([ts], translator, src, lang)[0] for ts in texts]
+    out, pos = [], 0
+    for ts in texts:
+        out.append(done[pos:pos + len(ts)])
+        pos += len(ts)
+    return out
+
+
 def translate_chunk(chunk: Sequence[Mapping[str, Any]], translator: Translator,
                     cfg: TranslateConfig) -> list[dict[str, Any]]:
-    """Outcomes ({"record"} or {"reject"}) for a chunk; a failed batch is retried record by record."""
+    """Outcomes ({"record"} or {"reject"}) for a chunk; a failed batch is retried record by record per language."""
     texts = [source_texts(r, cfg.kind, cfg.fields, cfg.src) for r in chunk]
-    try:
-        flat = {lang: translate_texts(translator, [t for ts in texts for t in ts], cfg.src, lang) for lang in cfg.langs}
-    except RejectError as e:
-        if len(chunk) > 1:
-            return [o for r in chunk for o in translate_chunk([r], translator, cfg)]
-        return [{"reject": {"id": record_key(chunk[0], cfg.kind), "reason": e.reason, "detail": e.detail}}]
-    outcomes, pos = [], 0
-    for rec, ts in zip(chunk, texts):
-        per_lang = {lang: flat[lang][pos:pos + len(ts)] for lang in cfg.langs}
-        pos += len(ts)
+    by_lang = {lang: translate_language(texts, translator, cfg.src, lang) for lang in cfg.langs}
+    outcomes = []
+    for j, (rec, ts) in enumerate(zip(chunk, texts)):
+        key = record_key(rec, cfg.kind)
+        failed = next(((lang, by_lang[lang][j]) for lang in cfg.langs if isinstance(by_lang[lang][j], RejectError)),
+                      None)
+        if failed:
+            lang, e = failed
+            outcomes.append({"reject": {"id": key, "reason": e.reason, "detail": f"{lang}: {e.detail}"}})
+            continue
+        per_lang = {lang: by_lang[lang][j] for lang in cfg.langs}
         problem = next(((lang, i, p) for lang in cfg.langs for i, t in enumerate(ts)
                         if (p := preservation_problem(t, per_lang[lang][i]))), None)
-        key = record_key(rec, cfg.kind)
         if problem:
             lang, i, reason = problem
             outcomes.append({"reject": {"id": key, "reason": reason, "detail": f"{lang} text {i}: {per_lang[lang][i][:200]!r}"}})

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
-from xllava_jax.cli import run_subcommand
+from xllava_jax.cli import add_subparsers, new_parser, run_subcommand
 from xllava_jax.eval.judge import JudgeConfig, run_judge
 from xllava_jax.openai_api import ApiConfig, ChatClient
 
+REPLIES_FILE = "replies.jsonl"  # every paid judge reply and possibly billed timeout (budget across reruns)
 JUDGE_ENV = ("The judge API comes from JUDGE_BASE_URL / JUDGE_MODEL / JUDGE_API_KEY (and the other JUDGE_* "
              "settings), each falling back to the OPENAI_* variable; flags override. The key is never printed.")
 
@@ -20,52 +22,87 @@ def judge_client(args: argparse.Namespace) -> ChatClient:
     """Client from OPENAI_*, then JUDGE_*, then flags."""
     overrides = {k: getattr(args, k) for k in ("base_url", "model", "concurrency", "budget_usd", "timeout_s")}
     cfg = ApiConfig.from_env("JUDGE", fallback_prefix="OPENAI", temperature=0.0, max_tokens=512, **overrides)
-    return ChatClient(cfg)
+    return ChatClient(cfg, store=os.path.join(args.out, REPLIES_FILE))
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
     """Run a preference comparison."""
     cfg = JudgeConfig(args.questions, args.answers_a, args.answers_b, args.image_root, args.out, args.name_a,
-                      args.name_b, args.word_limit, args.cache, progress=not args.no_progress)
+                      args.name_b, args.word_limit, args.cache, progress=not args.no_progress,
+                      protocol=args.protocol)
     print(json.dumps(run_judge(cfg, judge_client(args)), ensure_ascii=False))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Answer and score one benchmark."""
-    from xllava_jax.eval.benchmarks import read_records
+    from xllava_jax.eval.benchmarks import load_benchmark_records
     from xllava_jax.eval.runner import evaluate
     from xllava_jax.infer.__main__ import build_engine, generation_config
+    from xllava_jax.infer.answers import checkpoint_identity
+    from xllava_jax.infer.prompts import trained_prompting
 
-    engine = build_engine(args)
-    scores = evaluate(engine.model, engine.params, engine.tokenizer, args.benchmark, read_records(args.data),
+    engine = build_engine(args)  # resolves --template (default: the checkpoint's training template)
+    instruction = args.instruction if args.instruction is not None else \
+        trained_prompting(args.checkpoint).get("instruction")
+    scores = evaluate(engine.model, engine.params, engine.tokenizer, args.benchmark,
+                      load_benchmark_records(args.benchmark, args.data),
                       image_root=args.image_root, template=args.template, config=generation_config(args),
-                      out_dir=args.out, instruction=args.instruction, default_lang=args.lang, mesh=engine.mesh,
-                      model_id=args.model_id or args.checkpoint, progress=not args.no_progress)
+                      out_dir=args.out, instruction=instruction, default_lang=args.lang, mesh=engine.mesh,
+                      model_id=args.model_id or args.checkpoint, progress=not args.no_progress,
+                      checkpoint=checkpoint_identity(engine.params, args.checkpoint))
+    if "per_language" in scores:
+        from xllava_jax.eval.metrics import language_table
+        print(language_table(scores, scores["metric"]), file=sys.stderr)
     print(json.dumps(scores, ensure_ascii=False))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Write a test-set upload file from the test questions and an answers file."""
+    from xllava_jax.eval.submit import write_submission
+    print(json.dumps({"out": args.out, **write_submission(args.benchmark, args.data, args.answers, args.out)}))
+    return 0
+
+
+def cmd_chart(args: argparse.Namespace) -> int:
+    """Win/tie/loss chart of several judge runs."""
+    from xllava_jax.eval.judge import write_comparison
+    print(write_comparison(args.summaries, args.out), end="")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The eval argument parser (subcommands)."""
-    p = argparse.ArgumentParser(prog="python -m xllava_jax.eval", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = new_parser("python -m xllava_jax.eval", __doc__)
+    sub = add_subparsers(p)
     from xllava_jax.eval.benchmarks import BENCHMARKS
     from xllava_jax.infer.__main__ import add_model_args
 
-    r = sub.add_parser("run", help="answer and score a benchmark (vqav2, gqa, pope, mmbench, bvqa; multilingual "
-                                   "when records carry lang)",
+    r = sub.add_parser("run", help="answer and score a benchmark (vqav2, gqa, pope, mmbench, bvqa, mme, seed, "
+                                   "scienceqa, textvqa, vizwiz; multilingual when records carry lang)",
                        description="Writes OUT/answers.jsonl (resumable) and OUT/scores.json.")
     add_model_args(r, max_new_tokens=128)
-    r.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
-    r.add_argument("--data", required=True, help="benchmark file (.jsonl, .json or MMBench .tsv)")
+    r.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS), help="which benchmark's scoring")
+    r.add_argument("--data", required=True, help="benchmark file (.jsonl, .json or MMBench .tsv) or the official "
+                                                 "release file/directory (docs/evaluation.md)")
     r.add_argument("--image_root", help="directory the record images are relative to")
     r.add_argument("--out", required=True, help="output directory")
-    r.add_argument("--instruction", help="replace the instruction line after each question ('' = none)")
+    r.add_argument("--instruction", help="replace the instruction line after each question ('' = none; default: "
+                                         "the one the checkpoint was trained with, else the benchmark's)")
     r.add_argument("--lang", default="en", help="language of records without a lang field")
     r.add_argument("--model_id", help="model_id written in each answer (default: the checkpoint path)")
     r.add_argument("--no_progress", action="store_true", help="no progress bar")
     r.set_defaults(fn=cmd_run)
+    u = sub.add_parser("submit", help="write a test-set upload file (VQAv2 test-dev JSON, VizWiz test JSON, "
+                                      "MMBench / MMBench-CN .xlsx or .tsv) as LLaVA's conversion scripts do")
+    u.add_argument("--benchmark", required=True, choices=("vqav2", "vizwiz", "mmbench"),
+                   help="the benchmark whose submission format to write")
+    u.add_argument("--data", required=True, help="the test questions: VQAv2 question JSONL, VizWiz test.json, "
+                                                 "MMBench test TSV")
+    u.add_argument("--answers", required=True, help="answers JSONL (eval run's OUT/answers.jsonl)")
+    u.add_argument("--out", required=True, help="upload file (.json; .xlsx or .tsv for mmbench)")
+    u.set_defaults(fn=cmd_submit)
     j = sub.add_parser("judge", help="preference evaluation of two models' answers by a vision judge",
                        description="Judge answers A and B for each image+question in both orders (X-LLaVA "
                                    "section 6); writes judgements, summary.json, table.md, chart.png.",
@@ -78,14 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--name_a", default="A", help="display name of model A")
     j.add_argument("--name_b", default="B", help="display name of model B")
     j.add_argument("--word_limit", type=int, help="cut both answers to this many words first (paper: 30)")
+    j.add_argument("--protocol", choices=("swap", "xllava"), default="swap",
+                   help="swap: both orders, combined (default); xllava: the paper's single order and A/B/similar "
+                        "question, no extra instructions")
     j.add_argument("--cache", help="judgement cache JSONL (default OUT/judge_cache.jsonl; share it across runs)")
     j.add_argument("--base_url", help="judge API base URL")
     j.add_argument("--model", help="judge model (vision-capable)")
     j.add_argument("--concurrency", type=int, help="requests in flight")
-    j.add_argument("--budget_usd", type=float, help="stop once this much is spent")
+    j.add_argument("--budget_usd", type=float, help="stop once this much is spent, counting earlier runs into the "
+                                                    "same --out (OUT/replies.jsonl)")
     j.add_argument("--timeout_s", type=float, help="per-request timeout")
     j.add_argument("--no_progress", action="store_true", help="no progress bar")
     j.set_defaults(fn=cmd_judge)
+    c = sub.add_parser("chart", help="win/tie/loss PNG (a bar per model pair) and table of several judge runs")
+    c.add_argument("summaries", nargs="+", help="summary.json files of judge runs")
+    c.add_argument("--out", required=True, help="PNG path")
+    c.set_defaults(fn=cmd_chart)
     return p
 
 

@@ -44,6 +44,7 @@ class Benchmark:
     items: Callable[[dict, str | None], list[Question]]  # (record, instruction override) -> questions
     score: Callable[[Sequence[Question], Sequence[str]], dict]  # metrics of (questions, predictions)
     metric: str  # the headline metric in the score dict
+    load: Callable[[str], list[dict]] | None = None  # records of the official release layout (default read_records)
 
 
 def instruction(table: Mapping[str, str], lang: str, override: str | None) -> str:
@@ -52,8 +53,11 @@ def instruction(table: Mapping[str, str], lang: str, override: str | None) -> st
 
 
 def with_instruction(text: str, extra: str) -> str:
-    """`text` followed by an instruction line (none when empty)."""
-    return f"{text}\n{extra}" if extra else text
+    """`text` followed by an instruction line; nothing added when `extra` is empty or the text already ends with
+    it (compared with whitespace runs collapsed, as LLaVA's own question files carry the instruction)."""
+    if not extra or " ".join(text.split()).endswith(" ".join(extra.split())):
+        return text
+    return f"{text}\n{extra}"
 
 
 def require(record: dict, *keys: str) -> None:
@@ -90,15 +94,28 @@ def score_gqa(questions: Sequence[Question], preds: Sequence[str]) -> dict:
     return {"accuracy": mean(gqa_match(p, str(q.metadata["answer"])) for q, p in zip(questions, preds))}
 
 
+POPE_SPLITS = ("adversarial", "popular", "random")
+POPE_MEANED = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+
+
+def pope_subset(questions: Sequence[Question], preds: Sequence[str], keep: Callable[[Question], bool]) -> dict:
+    """POPE metrics of the questions `keep` selects, each answer parsed in its question's language."""
+    rows = [(q, p) for q, p in zip(questions, preds) if keep(q)]
+    return pope_metrics([p for _, p in rows], [q.metadata["label"] for q, _ in rows],
+                        [q.metadata.get("lang", "en") for q, _ in rows])
+
+
 def score_pope(questions: Sequence[Question], preds: Sequence[str]) -> dict:
-    """POPE metrics overall and per category (random / popular / adversarial)."""
-    out = pope_metrics(list(preds), [q.metadata["label"] for q in questions])
-    categories = sorted({str(q.metadata.get("category")) for q in questions if q.metadata.get("category")})
-    if categories:
-        out["by_category"] = {c: pope_metrics([p for q, p in zip(questions, preds) if q.metadata.get("category") == c],
-                                              [q.metadata["label"] for q in questions if q.metadata.get("category") == c])
-                              for c in categories}
-    return out
+    """POPE: the headline is the mean over the splits (random / popular / adversarial) of each metric, as
+    LLaVA-1.5 and X-LLaVA report; `pooled` holds the metrics over all answers, `by_category` each split's."""
+    pooled = pope_subset(questions, preds, lambda q: True)
+    categories = sorted({str(q.metadata["category"]) for q in questions if q.metadata.get("category")})
+    if not categories:
+        return {**pooled, "pooled": dict(pooled)}
+    by_category = {c: pope_subset(questions, preds, lambda q, c=c: str(q.metadata.get("category")) == c)
+                   for c in categories}
+    return {**{k: mean(m[k] for m in by_category.values()) for k in POPE_MEANED}, "unparsed": pooled["unparsed"],
+            "splits": categories, "pooled": pooled, "by_category": by_category}
 
 
 def mmbench_options(record: dict) -> dict[str, str]:
@@ -175,6 +192,21 @@ BENCHMARKS: dict[str, Benchmark] = {
     "mmbench": Benchmark("mmbench", mmbench_items, score_mmbench, "accuracy"),
     "bvqa": Benchmark("bvqa", bvqa_items, score_bvqa, "accuracy"),
 }
+
+
+def _register_official() -> None:
+    """Add the benchmarks read from official layouts (eval/official.py, which builds on this module)."""
+    from xllava_jax.eval import official
+    BENCHMARKS.update(official.BENCHMARKS)
+
+
+_register_official()
+
+
+def load_benchmark_records(benchmark: str | Benchmark, path: str | os.PathLike) -> list[dict]:
+    """A benchmark's records from `path`: its official layout when it has a loader, else read_records."""
+    bench = get_benchmark(benchmark)
+    return bench.load(os.fspath(path)) if bench.load else read_records(path)
 
 
 def get_benchmark(name: str | Benchmark) -> Benchmark:

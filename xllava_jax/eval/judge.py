@@ -1,6 +1,10 @@
 """Preference evaluation (X-LLaVA section 6): a vision judge compares answers A and B for image + question.
 
-Each question is judged twice, with the two models' answers in both positions, to cancel
+Two protocols, recorded in the summary:
+- ``xllava`` (the paper's): one order (A = model A), the image, the question and both answers, and the
+  question whether Answer A is better, Answer B is better or both answers are similar; no system prompt and
+  no further instructions. A -> win, B -> loss, similar -> tie.
+- ``swap`` (default): each question is judged twice, with the two models' answers in both positions, to cancel
 the judge's position bias. From model A's side the two verdicts combine as: both orders
 prefer A, or one prefers A and the other says similar -> win; the mirror -> loss;
 both similar, or the orders disagree (each prefers whichever came first/second) -> tie.
@@ -30,6 +34,8 @@ from xllava_jax.openai_api import ApiError, BudgetExceeded, ChatClient, image_da
     text_message, user_message
 
 JUDGE_PROMPT_VERSION = "v1"
+PROTOCOLS = ("swap", "xllava")
+XLLAVA_OUTCOME = {"A": "win", "B": "loss", "similar": "tie"}
 JUDGE_SYSTEM = (
     "You are a fair judge of vision-language assistants. You see an image, a question about it, and two "
     "answers, A and B. Judge which answer is more helpful, accurate with respect to the image, relevant and "
@@ -50,6 +56,13 @@ def truncate_words(text: str, limit: int | None) -> str:
         if i == limit - 1:
             return text[: m.end()]
     return text
+
+
+def xllava_prompt(question: str, answer_a: str, answer_b: str) -> str:
+    """The paper's question to the judge: which answer is better, or are both similar (nothing else)."""
+    return (f"[Question]\n{question}\n\n[Answer A]\n{answer_a}\n[End of Answer A]\n\n"
+            f"[Answer B]\n{answer_b}\n[End of Answer B]\n\n"
+            "Which answer is better? Reply 'Answer A is better', 'Answer B is better' or 'Both answers are similar'.")
 
 
 def judge_prompt(question: str, answer_a: str, answer_b: str) -> str:
@@ -80,9 +93,10 @@ def combine(first: str, second: str) -> str:
     return "win" if score > 0 else "loss" if score < 0 else "tie"
 
 
-def cache_key(model: str, image_sha: str, question: str, answer_a: str, answer_b: str) -> str:
-    """Stable key of one ordered judgement."""
-    blob = json.dumps([JUDGE_PROMPT_VERSION, model, image_sha, question, answer_a, answer_b], ensure_ascii=False)
+def cache_key(model: str, image_sha: str, question: str, answer_a: str, answer_b: str, protocol: str = "swap") -> str:
+    """Stable key of one ordered judgement (the protocol's prompt is part of it)."""
+    version = JUDGE_PROMPT_VERSION if protocol == "swap" else f"{JUDGE_PROMPT_VERSION}-{protocol}"
+    blob = json.dumps([version, model, image_sha, question, answer_a, answer_b], ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -96,12 +110,16 @@ def file_sha256(path: str) -> str:
 
 
 def ask_judge(client: ChatClient, image_url: str, question: str, answer_a: str, answer_b: str,
-              parse_retries: int = 2) -> dict[str, Any]:
+              parse_retries: int = 2, protocol: str = "swap") -> dict[str, Any]:
     """One ordered judgement: {"verdict" (None if never parseable), "raw", token counts}."""
-    messages = [text_message("system", JUDGE_SYSTEM), user_message(judge_prompt(question, answer_a, answer_b), [image_url])]
+    if protocol == "xllava":
+        messages = [user_message(xllava_prompt(question, answer_a, answer_b), [image_url])]
+    else:
+        messages = [text_message("system", JUDGE_SYSTEM),
+                    user_message(judge_prompt(question, answer_a, answer_b), [image_url])]
     tokens = {"prompt_tokens": 0, "completion_tokens": 0}
-    for _ in range(parse_retries + 1):
-        result = client.complete(messages)
+    for attempt in range(parse_retries + 1):
+        result = client.complete(messages, tag=f"parse_retry{attempt}" if attempt else "")
         tokens["prompt_tokens"] += result.prompt_tokens
         tokens["completion_tokens"] += result.completion_tokens
         verdict = parse_verdict(result.text)
@@ -125,6 +143,15 @@ class JudgeConfig:
     cache: str | None = None  # default: <out_dir>/judge_cache.jsonl
     parse_retries: int = 2
     progress: bool = True
+    protocol: str = "swap"  # "swap" (both orders) or "xllava" (the paper's single order)
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"judge protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+
+    def orders(self, a: str, b: str) -> list[tuple[str, str]]:
+        """The (first, second) answer orders asked for one question."""
+        return [(a, b)] if self.protocol == "xllava" else [(a, b), (b, a)]
 
     @property
     def cache_path(self) -> str:
@@ -143,17 +170,17 @@ def load_by_id(path: str, what: str) -> dict[str, dict[str, Any]]:
 
 
 def judge_question(client: ChatClient, cached: Mapping[str, dict], item: Mapping[str, Any], model: str,
-                   parse_retries: int) -> dict[str, dict[str, Any]]:
-    """Both ordered judgements of one question, from the cache where possible: {cache key: judgement}."""
+                   cfg: JudgeConfig) -> dict[str, dict[str, Any]]:
+    """The ordered judgements of one question, from the cache where possible: {cache key: judgement}."""
     out = {}
     url = None
-    for a, b in ((item["a"], item["b"]), (item["b"], item["a"])):
-        key = cache_key(model, item["image_sha"], item["question"], a, b)
+    for a, b in cfg.orders(item["a"], item["b"]):
+        key = cache_key(model, item["image_sha"], item["question"], a, b, cfg.protocol)
         if key in cached:
             out[key] = cached[key]
             continue
         url = url or image_data_url(item["image_path"])
-        out[key] = {"key": key, **ask_judge(client, url, item["question"], a, b, parse_retries)}
+        out[key] = {"key": key, **ask_judge(client, url, item["question"], a, b, cfg.parse_retries, cfg.protocol)}
     return out
 
 
@@ -187,7 +214,7 @@ def run_judge(cfg: JudgeConfig, client: ChatClient) -> dict[str, Any]:
     rows, outcomes = [], collections.Counter()
     with JsonlWriter(cfg.cache_path) as cache, \
             tqdm(total=len(items), desc="judge", unit="question", disable=not cfg.progress) as bar:
-        work = lambda it: judge_question(client, cached, it, model, cfg.parse_retries)  # noqa: E731
+        work = lambda it: judge_question(client, cached, it, model, cfg)  # noqa: E731
         for item, judged, err in run_concurrently(work, items, client.config.concurrency):
             bar.update(1)
             if isinstance(err, (ApiError, BudgetExceeded)):
@@ -199,9 +226,13 @@ def run_judge(cfg: JudgeConfig, client: ChatClient) -> dict[str, Any]:
                 if key not in cached and j["verdict"]:
                     cache.write(j)
                     cached[key] = j
-            first, second = (judged[cache_key(model, item["image_sha"], item["question"], a, b)]["verdict"]
-                             for a, b in ((item["a"], item["b"]), (item["b"], item["a"])))
-            outcome = combine(first, second) if first and second else "invalid"
+            verdicts = [judged[cache_key(model, item["image_sha"], item["question"], a, b, cfg.protocol)]["verdict"]
+                        for a, b in cfg.orders(item["a"], item["b"])]
+            first, second = verdicts[0], verdicts[1] if len(verdicts) > 1 else None
+            if cfg.protocol == "xllava":
+                outcome = XLLAVA_OUTCOME[first] if first else "invalid"
+            else:
+                outcome = combine(first, second) if first and second else "invalid"
             outcomes[outcome] += 1
             rows.append({"question_id": item["question_id"], "a_first": first, "b_first": second, "outcome": outcome})
     summary = summarize(cfg, outcomes, skipped, client, [cached[k] for k in cached])
@@ -214,7 +245,7 @@ def summarize(cfg: JudgeConfig, outcomes: Mapping[str, int], skipped: Sequence[s
     """Counts, percentages (over judged questions) and token usage."""
     judged = sum(outcomes.get(o, 0) for o in OUTCOMES)
     return {
-        "name_a": cfg.name_a, "name_b": cfg.name_b, "word_limit": cfg.word_limit,
+        "name_a": cfg.name_a, "name_b": cfg.name_b, "word_limit": cfg.word_limit, "protocol": cfg.protocol,
         "counts": {o: outcomes.get(o, 0) for o in OUTCOMES}, "judged": judged,
         "percent": {o: round(100.0 * outcomes.get(o, 0) / judged, 1) if judged else 0.0 for o in OUTCOMES},
         "invalid": outcomes.get("invalid", 0), "errors": outcomes.get("error", 0), "skipped": list(skipped),
@@ -225,10 +256,11 @@ def summarize(cfg: JudgeConfig, outcomes: Mapping[str, int], skipped: Sequence[s
 
 def table_markdown(summaries: Sequence[Mapping[str, Any]]) -> str:
     """Win/tie/loss table, one row per comparison."""
-    lines = ["| A | B | word limit | win | tie | loss | judged |", "|---|---|---|---|---|---|---|"]
+    lines = ["| A | B | protocol | word limit | win | tie | loss | judged |", "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         c, p = s["counts"], s["percent"]
-        lines.append(f"| {s['name_a']} | {s['name_b']} | {s['word_limit'] or '-'} | {c['win']} ({p['win']}%) | "
+        lines.append(f"| {s['name_a']} | {s['name_b']} | {s.get('protocol', 'swap')} | {s['word_limit'] or '-'} | "
+                     f"{c['win']} ({p['win']}%) | "
                      f"{c['tie']} ({p['tie']}%) | {c['loss']} ({p['loss']}%) | {s['judged']} |")
     return "\n".join(lines) + "\n"
 
@@ -241,7 +273,7 @@ def write_chart(summaries: Sequence[Mapping[str, Any]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     labels = [f"{s['name_a']} vs {s['name_b']}" + (f" ({s['word_limit']} words)" if s["word_limit"] else "")
-              for s in summaries]
+              + (f" [{s.get('protocol', 'swap')}]") for s in summaries]
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * len(summaries)))
     left = [0.0] * len(summaries)
     for outcome, color in zip(OUTCOMES, ("#4c9f70", "#c8c8c8", "#d1605e")):
@@ -257,6 +289,17 @@ def write_chart(summaries: Sequence[Mapping[str, Any]], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_comparison(summary_paths: Sequence[str], out_png: str) -> str:
+    """One chart (PNG) and table of several judge runs' summary.json files, a bar per model pair; returns the
+    table (markdown)."""
+    summaries = []
+    for path in summary_paths:
+        with open(path, encoding="utf-8") as f:
+            summaries.append(json.load(f))
+    write_chart(summaries, out_png)
+    return table_markdown(summaries)
 
 
 def write_outputs(cfg: JudgeConfig, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> None:

@@ -6,8 +6,9 @@
   contraction table).
 - ``vqa_accuracy``: mean over the 10 leave-one-annotator-out subsets of min(1, matches/3).
 - ``gqa_match``: ``pred.rstrip('.').lower()`` exact match (LLaVA's GQA conversion).
-- ``pope_metrics``: LLaVA's POPE parsing (first sentence, commas removed, "No"/"not"/"no" ->
-  no) then accuracy, precision, recall, F1, yes-ratio.
+- ``pope_answer`` / ``pope_metrics``: LLaVA's POPE parsing for English (first sentence, commas
+  removed, "No"/"not"/"no" -> no, else yes); a yes/no lexicon per language for the others
+  (unmatched -> unparsed, counted wrong); then accuracy, precision, recall, F1, yes-ratio.
 - ``mmbench_extract`` / ``mmbench_circular``: option-letter extraction (MMBench's rule-based
   matcher) and circular evaluation (a question counts only if every rotation is right).
 """
@@ -89,7 +90,7 @@ def gqa_match(pred: str, gt: str) -> bool:
     return pred.strip().rstrip(".").lower() == gt.strip().lower()
 
 
-def pope_answer(text: str) -> str:
+def pope_answer_en(text: str) -> str:
     """LLaVA's POPE parsing: first sentence, commas removed; 'No'/'not'/'no' among the words -> 'no', else 'yes'."""
     if "." in text:
         text = text.split(".")[0]
@@ -97,24 +98,73 @@ def pope_answer(text: str) -> str:
     return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
 
 
+# Yes/no lexicons per language (matched case-insensitively in the answer's first clause; "no" wins).
+# Space-separated languages match whole words; the others (ko, zh, ja, th) match substrings.
+# English words are accepted in every language (models often answer "No." to a translated question).
+_EN_WORDS = ({"no", "not", "none", "nope"}, {"yes", "yeah", "yep"})
+POPE_LEXICONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {  # lang -> (no markers, yes markers)
+    "de": (frozenset({"nein", "nicht", "kein", "keine", "keinen", "keiner", "nichts"}), frozenset({"ja", "doch", "jawohl"})),
+    "fr": (frozenset({"non", "pas", "aucun", "aucune", "n'y", "ni"}), frozenset({"oui", "si"})),
+    "es": (frozenset({"no", "ningún", "ninguna", "ninguno", "nada"}), frozenset({"sí", "si", "claro"})),
+    "pt": (frozenset({"não", "nao", "nenhum", "nenhuma", "nada"}), frozenset({"sim", "claro"})),
+    "ru": (frozenset({"нет", "не", "никаких", "ни"}), frozenset({"да", "есть", "конечно"})),
+    "ar": (frozenset({"لا", "كلا", "ليس", "ليست", "لم", "لن"}), frozenset({"نعم", "أجل", "بلى", "اجل"})),
+    "vi": (frozenset({"không", "khong", "chẳng", "chưa", "ko"}), frozenset({"có", "vâng", "đúng", "phải", "dạ", "co"})),
+    "ko": (frozenset({"아니", "없", "않", "못"}), frozenset({"네", "예", "있", "맞", "그렇"})),
+    "zh": (frozenset({"不", "否", "没", "沒", "无", "無"}), frozenset({"是", "有", "对", "對", "确实", "確實"})),
+    "ja": (frozenset({"いいえ", "いや", "ない", "ません", "無い", "なし"}),
+           frozenset({"はい", "ええ", "ある", "あり", "いる", "います", "そう"})),
+    "th": (frozenset({"ไม่"}), frozenset({"ใช่", "มี", "ครับ", "ค่ะ"})),
+}
+_SUBSTRING_LANGS = frozenset({"ko", "zh", "ja", "th"})
+_CLAUSE_END = re.compile(r"[.。．!！?？,，、;；:：\n،؟]")
+_WORD_EDGE = re.compile(r"^[\"'“”«»¿¡()\[\]*]+|[\"'“”«»()\[\]*]+$")
+
+
+def pope_answer(text: str, lang: str = "en") -> str | None:
+    """'yes', 'no' or None (unparsed) for a POPE answer in `lang`; English keeps LLaVA's exact rule (never None)."""
+    lang = (lang or "en").split("-")[0].lower()
+    if lang == "en":
+        return pope_answer_en(text)
+    if lang not in POPE_LEXICONS:
+        raise ValueError(f"no yes/no lexicon for language {lang!r}; known: en, {', '.join(sorted(POPE_LEXICONS))}")
+    no, yes = POPE_LEXICONS[lang]
+    clause = _CLAUSE_END.split(text.strip().casefold(), maxsplit=1)[0]
+    words = {_WORD_EDGE.sub("", w) for w in clause.split()}
+    if words & (no | _EN_WORDS[0]) or (lang in _SUBSTRING_LANGS and any(m in clause for m in no)):
+        return "no"
+    if words & (yes | _EN_WORDS[1]) or (lang in _SUBSTRING_LANGS and any(m in clause for m in yes)):
+        return "yes"
+    return None
+
+
 def _ratio(num: float, den: float) -> float:
     """num / den, 0.0 when den is 0."""
     return num / den if den else 0.0
 
 
-def pope_metrics(preds: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
-    """Accuracy, precision, recall, F1 and yes-ratio of model answers against 'yes'/'no' labels ('yes' positive)."""
+def pope_metrics(preds: Sequence[str], labels: Sequence[str], lang: str | Sequence[str] = "en") -> dict[str, float]:
+    """Accuracy, precision, recall, F1, yes-ratio ('yes' positive) and the count of unparsed answers.
+
+    `lang` is one language or one per answer. An unparsed answer counts as wrong: as a 'no' for a 'yes'
+    label (false negative) and as a 'yes' for a 'no' label (false positive); it is not in the yes-ratio.
+    """
     if len(preds) != len(labels):
         raise ValueError(f"pope_metrics: {len(preds)} predictions but {len(labels)} labels")
-    p = [pope_answer(x) == "yes" for x in preds]
+    langs = [lang] * len(preds) if isinstance(lang, str) else list(lang)
+    if len(langs) != len(preds):
+        raise ValueError(f"pope_metrics: {len(preds)} predictions but {len(langs)} languages")
+    parsed = [pope_answer(x, la) for x, la in zip(preds, langs)]
     y = [str(l).strip().lower() != "no" for l in labels]
+    p = [(a == "yes") if a is not None else (not b) for a, b in zip(parsed, y)]
     tp = sum(a and b for a, b in zip(p, y))
     fp = sum(a and not b for a, b in zip(p, y))
     tn = sum(not a and not b for a, b in zip(p, y))
     fn = sum(not a and b for a, b in zip(p, y))
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     return {"accuracy": _ratio(tp + tn, len(p)), "precision": precision, "recall": recall,
-            "f1": _ratio(2 * precision * recall, precision + recall), "yes_ratio": _ratio(tp + fp, len(p))}
+            "f1": _ratio(2 * precision * recall, precision + recall),
+            "yes_ratio": _ratio(sum(a == "yes" for a in parsed), len(p)), "unparsed": sum(a is None for a in parsed)}
 
 
 def mmbench_extract(pred: str, options: Mapping[str, str]) -> str | None:
@@ -159,3 +209,13 @@ def language_summary(scores: Mapping[str, float], english: str = "en") -> dict[s
     return {"per_language": dict(scores),
             "non_english_avg": sum(others) / len(others) if others else None,
             "avg": sum(scores.values()) / len(scores) if scores else None}
+
+
+def language_table(summary: Mapping[str, Any], metric: str, english: str = "en") -> str:
+    """Markdown table of a `language_summary`: one column per language (English first), then the non-English
+    average (LRM-LLaVA's table layout)."""
+    langs = sorted(summary["per_language"], key=lambda k: (k != english, k))
+    avg = summary["non_english_avg"]
+    cells = [f"{summary['per_language'][k]:.4f}" for k in langs] + ["-" if avg is None else f"{avg:.4f}"]
+    return (f"| {metric} | " + " | ".join(langs) + " | non-en avg |\n|" + "---|" * (len(langs) + 2) + "\n"
+            + "| score | " + " | ".join(cells) + " |\n")

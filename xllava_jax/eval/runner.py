@@ -14,12 +14,14 @@ from jax.sharding import Mesh
 from xllava_jax.data.templates import get_template
 from xllava_jax.datagen.store import read_jsonl
 from xllava_jax.eval.benchmarks import Benchmark, build_questions, get_benchmark
-from xllava_jax.eval.metrics import language_summary
+from xllava_jax.eval.metrics import language_summary, language_table
 from xllava_jax.infer.answers import Question, answer_questions
 from xllava_jax.infer.generate import Engine, GenerationConfig
+from xllava_jax.infer.prompts import DEFAULT_TEMPLATE
 
 ANSWERS_FILE = "answers.jsonl"
 SCORES_FILE = "scores.json"
+LANGUAGES_FILE = "languages.md"  # per-language table with the non-English average (multilingual runs)
 EVAL_CONFIG = GenerationConfig(max_new_tokens=128)  # LLaVA's evaluation: greedy, 128 new tokens
 
 
@@ -44,14 +46,16 @@ def score_answers(benchmark: Benchmark, questions: Sequence[Question], answers: 
 
 
 def evaluate(model: Any, params: Any, tokenizer: Any, benchmark: str | Benchmark, records: Sequence[dict], *,
-             image_root: str | None = None, template: str = "vicuna_v1", config: GenerationConfig = EVAL_CONFIG,
+             image_root: str | None = None, template: str = DEFAULT_TEMPLATE, config: GenerationConfig = EVAL_CONFIG,
              out_dir: str | os.PathLike | None = None, instruction: str | None = None, default_lang: str = "en",
-             mesh: Mesh | None = None, model_id: str = "xllava", progress: bool = False) -> dict:
+             mesh: Mesh | None = None, model_id: str = "xllava", progress: bool = False,
+             checkpoint: dict[str, Any] | None = None, fresh: bool = False) -> dict:
     """Answer a benchmark's records with the model and return its scores.
 
-    With `out_dir`, answers go to `out_dir/answers.jsonl` (resumable: answered ids are skipped)
-    and scores to `out_dir/scores.json`. `instruction` replaces the benchmark's instruction line
-    ("" for none, e.g. for a model trained without it).
+    With `out_dir`, answers go to `out_dir/answers.jsonl` (resumable: answered ids are skipped) and scores to
+    `out_dir/scores.json`. `instruction` replaces the benchmark's instruction line ("" for none, e.g. for a
+    model trained without it). `checkpoint` identifies the weights (default: a fingerprint of `params`); an
+    answers file written by other weights is refused, and `fresh` discards it first (answer everything anew).
     """
     bench = get_benchmark(benchmark)
     questions = build_questions(bench, records, instruction, default_lang)
@@ -60,11 +64,15 @@ def evaluate(model: Any, params: Any, tokenizer: Any, benchmark: str | Benchmark
         directory = Path(out_dir) if out_dir is not None else Path(scratch)
         directory.mkdir(parents=True, exist_ok=True)
         answers_path = directory / ANSWERS_FILE
+        if fresh:
+            answers_path.unlink(missing_ok=True)
         answer_questions(engine, get_template(template), questions, answers_path, image_root=image_root,
-                         model_id=model_id, config=config, progress=progress)
+                         model_id=model_id, config=config, progress=progress, checkpoint=checkpoint)
         answers = {r["question_id"]: r["text"] for r in read_jsonl(answers_path)}
         scores = score_answers(bench, questions, answers)
         if out_dir is not None:
             (directory / SCORES_FILE).write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n",
                                                  encoding="utf-8")
+            if "per_language" in scores:
+                (directory / LANGUAGES_FILE).write_text(language_table(scores, bench.metric), encoding="utf-8")
     return scores

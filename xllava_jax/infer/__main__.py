@@ -7,14 +7,14 @@ import json
 import sys
 from typing import Sequence
 
-from xllava_jax.cli import run_subcommand
+from xllava_jax.cli import add_subparsers, new_parser, run_subcommand
 from xllava_jax.data.templates import get_template
-from xllava_jax.infer.answers import answer_questions, read_questions
+from xllava_jax.infer.answers import answer_questions, checkpoint_identity, read_questions
 from xllava_jax.infer.chat import Chat
 from xllava_jax.infer.generate import DEFAULT_STEPS_PER_CALL, Engine, GenerationConfig
 from xllava_jax.infer.loading import load_model, load_tokenizer_for
 from xllava_jax.models.vocab import check_tokenizer
-from xllava_jax.infer.prompts import load_image
+from xllava_jax.infer.prompts import DEFAULT_TEMPLATE, load_image, trained_prompting
 from xllava_jax.infer.sampling import SamplingConfig
 from xllava_jax.sharding import make_mesh
 
@@ -23,18 +23,19 @@ def add_model_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     """Flags shared by every command that generates: model, tokenizer, template, sampling, batch, mesh."""
     p.add_argument("--checkpoint", required=True, help="Orbax checkpoint, training workdir (latest step) or HF dir")
     p.add_argument("--tokenizer", help="tokenizer.model or HF tokenizer dir (default: the checkpoint dir)")
-    p.add_argument("--template", default="vicuna_v1", help="conversation template (vicuna_v1, llava_llama_2, ...)")
+    p.add_argument("--template", help="conversation template (vicuna_v1, llava_llama_2, ...; default: the one the "
+                                      "checkpoint was trained with, else vicuna_v1)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype (default: config's)")
     p.add_argument("--tensor_parallel", type=int, default=0,
                    help="shard the model over this many devices (tensor parallel); 0 = one device")
-    p.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
+    p.add_argument("--max_new_tokens", type=int, default=max_new_tokens, help="most tokens generated per answer")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top_k", type=int, default=0)
-    p.add_argument("--top_p", type=float, default=1.0)
-    p.add_argument("--repetition_penalty", type=float, default=1.0)
+    p.add_argument("--top_k", type=int, default=0, help="sample from the k most likely tokens; 0 = all")
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass; 1 = all")
+    p.add_argument("--repetition_penalty", type=float, default=1.0, help="penalty on tokens already seen; 1 = none")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--batch_size", type=int, default=8, help="prompts generated together")
     p.add_argument("--steps_per_call", type=int, default=DEFAULT_STEPS_PER_CALL,
                    help="decode steps per jitted call (0 = all at once)")
 
@@ -53,6 +54,8 @@ def build_engine(args: argparse.Namespace) -> Engine:
     model, params = load_model(args.checkpoint, dtype=args.dtype, mesh=mesh)
     tokenizer = load_tokenizer_for(args.checkpoint, args.tokenizer)
     check_tokenizer(model.cfg, tokenizer)
+    if args.template is None:  # the template the checkpoint was trained with
+        args.template = trained_prompting(args.checkpoint).get("template", DEFAULT_TEMPLATE)
     return Engine(model, params, tokenizer, mesh)
 
 
@@ -85,15 +88,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     questions = read_questions(args.questions)
     written = answer_questions(engine, get_template(args.template), questions, args.out, image_root=args.image_root,
                                model_id=args.model_id or args.checkpoint, config=generation_config(args),
-                               progress=not args.no_progress)
+                               progress=not args.no_progress,
+                               checkpoint=checkpoint_identity(engine.params, args.checkpoint))
     print(json.dumps({"questions": len(questions), "answered_now": written, "out": args.out}))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The infer argument parser (subcommands)."""
-    p = argparse.ArgumentParser(prog="python -m xllava_jax.infer", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = new_parser("python -m xllava_jax.infer", __doc__)
+    sub = add_subparsers(p)
     c = sub.add_parser("chat", help="multi-turn chat (one user turn per stdin line; /reset, /exit)")
     add_model_args(c, max_new_tokens=512)
     c.add_argument("--image", help="image to talk about (omit for text-only chat)")

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from typing import Any, Sequence
 
 import numpy as np
 
+from xllava_jax import checkpoint as ckpt
+from xllava_jax.cli import UserError
 from xllava_jax.data.images import image_path, open_image, preprocess
 from xllava_jax.data.labels import encode_prompt
 from xllava_jax.data.templates import IMAGE_PLACEHOLDER, Template, Turn
 from xllava_jax.models.llama import Llama
 from xllava_jax.models.llava import Llava, LlavaConfig
 from xllava_jax.tokenizer.spm import Tokenizer
+
+
+DEFAULT_TEMPLATE = "vicuna_v1"
+
+
+def trained_prompting(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """{"template", "instruction"} a training checkpoint was trained with (saved in its train_state); {} for
+    other checkpoints (HF directories, converted weights) or keys that were not recorded."""
+    try:
+        state = ckpt.load_train_state(checkpoint)
+    except FileNotFoundError:
+        return {}
+    return {k: state[k] for k in ("template", "instruction") if state.get(k) is not None}
 
 
 def with_image_placeholder(text: str, has_image: bool) -> str:
@@ -35,10 +51,14 @@ def num_image_tokens(model: Llava | Llama) -> int:
     return model.cfg.num_image_tokens if isinstance(model.cfg, LlavaConfig) else 0
 
 
+class ImageError(UserError, ValueError):
+    """An image that is missing or cannot be decoded (the message names it)."""
+
+
 def load_image(source: str | bytes, image_root: str | None, size: int) -> np.ndarray:
     """A CLIP-preprocessed HWC float32 image (LLaVA's `pad` to square) from a path or encoded bytes."""
     try:
         return preprocess(open_image(source if isinstance(source, bytes) else image_path(source, image_root)), size)
     except (OSError, ValueError) as e:
         where = "inline image bytes" if isinstance(source, bytes) else image_path(source, image_root)
-        raise ValueError(f"cannot read image {where}: {e}") from e
+        raise ImageError(f"cannot read image {where}: {e}") from e

@@ -4,9 +4,11 @@ axes, attention masks and attention, remat policies, and the scanned layer stack
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -14,7 +16,7 @@ INIT_STD = 0.02
 LAYER_AXIS = "layers"
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = {
     "none": None,  # no rematerialisation: keep every activation
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer
@@ -29,7 +31,7 @@ class ExecConfig:
 
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of parameters
-    attention: str = "xla"  # jax.nn.dot_product_attention implementation: xla | cudnn
+    attention: str = "xla"  # auto | xla | cudnn | splash (see `attend`)
     scan_layers: bool = True  # nn.scan over layers (False: same params, fully unrolled loop)
     remat_policy: str = "none"  # one of REMAT_POLICIES or a jax.checkpoint_policies name
 
@@ -62,15 +64,19 @@ def remat_policy(name: str) -> Callable | None:
     return policy
 
 
-def dense(features: int, axes: tuple[str, str], cfg: ExecConfig, *, use_bias: bool, name: str) -> nn.Dense:
-    """A Dense layer whose kernel [in, out] and bias carry logical axis names."""
+def dense(features: int, axes: tuple[str, str], cfg: ExecConfig, *, use_bias: bool, name: str,
+          dot_general: Callable | None = None, kernel_init: Callable | None = None,
+          bias_init: Callable | None = None) -> nn.Dense:
+    """A Dense layer whose kernel [in, out] and bias carry logical axis names (defaults: N(0, INIT_STD^2) kernel,
+    zero bias, lax.dot_general)."""
     return nn.Dense(
         features,
         use_bias=use_bias,
         dtype=cfg.jnp_dtype,
         param_dtype=cfg.jnp_param_dtype,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[-1:]),
+        kernel_init=nn.with_logical_partitioning(kernel_init or nn.initializers.normal(INIT_STD), axes),
+        bias_init=nn.with_logical_partitioning(bias_init or nn.initializers.zeros_init(), axes[-1:]),
+        dot_general=dot_general,
         name=name,
     )
 
@@ -109,9 +115,131 @@ def make_attention_mask(
     return mask
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, implementation: str) -> jax.Array:
-    """Scaled dot-product attention, [B, T, N, D] x [B, S, K, D] -> [B, T, N, D] (GQA when K < N)."""
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+SPLASH_BLOCK_MULTIPLE = 128  # splash attention blocks are multiples of the TPU lane width
+
+
+@flax.struct.dataclass
+class MaskSpec:
+    """What `make_attention_mask` takes, kept apart so each attention kernel can use its own mask form."""
+
+    key_mask: jax.Array | None  # [B, S] 1 = real key
+    segment_ids: jax.Array | None  # [B, T] packed sample ids (0 = padding), T == S
+    query_offset: Any = 0  # key slot of query 0 (the KV-cache write index)
+    num_keys: int = flax.struct.field(pytree_node=False, default=0)  # S
+    causal: bool = flax.struct.field(pytree_node=False, default=True)
+    cached: bool = flax.struct.field(pytree_node=False, default=False)  # keys come from a KV cache
+
+    def dense(self, num_queries: int) -> jax.Array | None:
+        """The boolean [B|1, 1, T, S] mask."""
+        return make_attention_mask(num_queries, self.key_mask, num_keys=self.num_keys or None,
+                                   segment_ids=self.segment_ids, query_offset=self.query_offset, causal=self.causal)
+
+    def no_cache(self, num_queries: int) -> bool:
+        """Keys are the queries themselves (training, prefill without a cache): the case fused kernels take."""
+        return self.causal and not self.cached and (self.num_keys or num_queries) == num_queries
+
+
+def resolve_attention(name: str, platform: str | None = None, dtype: str = "bfloat16") -> str:
+    """'auto' -> splash on TPU, cudnn on an NVIDIA GPU (16-bit compute), xla elsewhere; other names unchanged."""
+    if name != "auto":
+        return name
+    platform = platform or jax.default_backend()
+    if platform == "tpu":
+        return "splash"
+    if platform in ("gpu", "cuda") and dtype != "float32":
+        return "cudnn"
+    return "xla"
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec | jax.Array | None, implementation: str,
+           dtype: str = "bfloat16") -> jax.Array:
+    """Scaled dot-product attention, [B, T, N, D] x [B, S, K, D] -> [B, T, N, D] (GQA when K < N).
+
+    `mask`: a MaskSpec, a dense boolean mask, or None (no mask). Kernels, for a MaskSpec without a cache:
+    xla   jax.nn.dot_product_attention on the dense [B, 1, T, S] mask;
+    cudnn cuDNN's causal mask type and per-row sequence lengths (rows are right-padded); packed segment ids
+          still go as a dense mask;
+    splash the Pallas TPU splash-attention kernel under shard_map (batch and heads sharded as the activations
+          are), causal mask + segment ids (padding = segment 0), GQA; Pallas interpret mode off TPU.
+    auto  resolve_attention for the current backend. With a KV cache, or for splash a length that is no
+    multiple of SPLASH_BLOCK_MULTIPLE (the kernel's lane width), the dense mask and xla are used. Query rows that are padding (attention_mask 0) may differ between kernels; no loss reads them.
+    """
+    implementation = resolve_attention(implementation, dtype=dtype)
+    spec = mask if isinstance(mask, MaskSpec) else None
+    t = q.shape[1]
+    if spec is not None and spec.no_cache(t):
+        if implementation == "splash" and t % SPLASH_BLOCK_MULTIPLE == 0:
+            return splash_attention(q, k, v, spec)
+        if implementation == "cudnn" and spec.segment_ids is None:
+            return jax.nn.dot_product_attention(q, k, v, **cudnn_mask_args(spec, q.shape[0], t),
+                                                implementation="cudnn")
+    dense_mask = spec.dense(t) if spec is not None else mask
+    if implementation == "splash":
+        implementation = "xla"
+    return jax.nn.dot_product_attention(q, k, v, mask=dense_mask, implementation=implementation)
+
+
+def cudnn_mask_args(spec: MaskSpec, batch: int, length: int) -> dict:
+    """A causal, right-padded MaskSpec as cuDNN's mask type and sequence lengths (no dense bias)."""
+    lengths = (jnp.sum(spec.key_mask.astype(jnp.int32), axis=-1) if spec.key_mask is not None
+               else jnp.full((batch,), length, jnp.int32))
+    return {"is_causal": True, "query_seq_lengths": lengths, "key_value_seq_lengths": lengths}
+
+
+def splash_segments(spec: MaskSpec, batch: int, length: int) -> jax.Array:
+    """Splash segment ids [B, T]: packed ids, or 1 for real and 0 for padding keys (queries alike)."""
+    seg = jnp.ones((batch, length), jnp.int32)
+    if spec.segment_ids is not None:
+        seg = spec.segment_ids.astype(jnp.int32)
+    if spec.key_mask is not None:
+        seg = jnp.where(spec.key_mask.astype(bool), seg, 0)
+    return seg
+
+
+def _splash_kernel(num_heads: int, length: int, interpret: bool) -> Callable:
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+    block = min(512, length)
+    sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                          block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    mask = sm.MultiHeadMask([sm.CausalMask((length, length)) for _ in range(num_heads)])
+    return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def _mesh_axes(logical: tuple[str, ...]) -> tuple:
+    """Mesh axes of logical activation axes under the active rules."""
+    return tuple(nn.logical_to_mesh_axes(logical))
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec) -> jax.Array:
+    """Causal splash attention with segment ids, [B, T, N, D] -> [B, T, N, D], under shard_map on the active mesh."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    b, t, n, d = q.shape
+    segments = splash_segments(spec, b, t)
+    mesh = jax.sharding.get_abstract_mesh()
+    device = getattr(mesh, "abstract_device", None) if not mesh.empty else None
+    interpret = (device.platform if device is not None else jax.default_backend()) != "tpu"
+
+    def local(q, k, v, seg):
+        kernel = _splash_kernel(q.shape[2], t, interpret)
+        qt = jnp.swapaxes(q * (1.0 / d ** 0.5), 1, 2).astype(q.dtype)
+        out = jax.vmap(kernel)(qt, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), segment_ids=sk.SegmentIds(seg, seg))
+        return jnp.swapaxes(out, 1, 2).astype(q.dtype)
+
+    if mesh.empty:
+        return local(q, k, v, segments)
+    batch, _, heads, _ = _mesh_axes(("activation_batch", "activation_length", "q_heads", None))
+    kv_heads = _mesh_axes(("kv_heads",))[0]
+    size = lambda axes: 1 if axes is None else math.prod(  # noqa: E731
+        mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+    if b % size(batch):
+        batch = None
+    if n % size(heads) or k.shape[2] % size(kv_heads) or heads != kv_heads:
+        heads = kv_heads = None
+    P = jax.sharding.PartitionSpec
+    qs, ks = P(batch, None, heads, None), P(batch, None, kv_heads, None)
+    return jax.shard_map(local, mesh=mesh, in_specs=(qs, ks, ks, P(batch, None)), out_specs=qs,
+                         check_vma=False)(q, k, v, segments)
 
 
 def layer_stack(layer: type[nn.Module], cfg: ExecConfig, num_layers: int, broadcast_args: int, name: str) -> nn.Module:

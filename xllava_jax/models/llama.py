@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xllava_jax.models.layers import INIT_STD, ExecConfig, attend, constrain, make_attention_mask, dense, layer_stack
+from xllava_jax.models.layers import INIT_STD, ExecConfig, MaskSpec, attend, constrain, dense, layer_stack
 
 BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
 
@@ -48,6 +48,11 @@ class LlamaConfig(ExecConfig):
                              f"num_attention_heads={self.num_attention_heads}; set head_dim")
         if self.dim_per_head % 2:
             raise ValueError(f"head dimension {self.dim_per_head} must be even for RoPE")
+
+
+def float32_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None) -> jax.Array:
+    """lax.dot_general accumulating and returning float32 (the LM-head logits: no bf16 rounding of logits)."""
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=jnp.float32)
 
 
 class KVCache(NamedTuple):
@@ -114,7 +119,7 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_update_slice_in_dim(layer_cache.k, k.astype(layer_cache.k.dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(layer_cache.v, v.astype(layer_cache.v.dtype), cache_index, axis=1)
             layer_cache = KVCache(k, v)
-        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, cfg.attention).reshape(b, t, nq * hd)
+        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, cfg.attention, cfg.dtype).reshape(b, t, nq * hd)
         out = dense(cfg.hidden_size, ("q_heads", "embed"), cfg, use_bias=cfg.attention_bias, name="o_proj")(out)
         return out, layer_cache
 
@@ -162,11 +167,13 @@ class Llama(nn.Module):
         self.layers = layer_stack(DecoderLayer, cfg, cfg.num_hidden_layers, broadcast_args=3, name="layers")
         self.norm = RMSNorm(cfg.rms_norm_eps, cfg)
         if not cfg.tie_word_embeddings:
-            self.lm_head = dense(cfg.vocab_size, ("embed", "vocab"), cfg, use_bias=False, name="lm_head")
+            self.lm_head = dense(cfg.vocab_size, ("embed", "vocab"), cfg, use_bias=False, name="lm_head",
+                                 dot_general=float32_dot_general)
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
-        """Token embeddings [B, T, H]."""
-        return self.embed_tokens(input_ids)
+        """Token embeddings [B, T, H], looked up in the parameter dtype and then cast, so the table's gradient
+        rows are summed in the parameter dtype (nn.Embed would cast the whole table to the compute dtype first)."""
+        return jnp.take(self.embed_tokens.embedding, input_ids, axis=0).astype(self.cfg.jnp_dtype)
 
     def decode(self, embeds, attention_mask=None, positions=None, segment_ids=None, cache=None, cache_index=0):
         """Run the decoder stack on embeddings; returns (final-norm hidden [B, T, H], updated cache).
@@ -180,15 +187,17 @@ class Llama(nn.Module):
             positions = jnp.broadcast_to(cache_index + jnp.arange(t), (b, t))
         rope = rope_cos_sin(positions, self.cfg.dim_per_head, self.cfg.rope_theta)
         num_keys = t if cache is None else cache.k.shape[2]
-        mask = make_attention_mask(t, attention_mask, num_keys=num_keys, segment_ids=segment_ids,
-                                   query_offset=cache_index, causal=True)
+        mask = MaskSpec(attention_mask, segment_ids, cache_index, num_keys=num_keys, causal=True,
+                        cached=cache is not None)
         hidden, cache = self.layers(embeds.astype(self.cfg.jnp_dtype), cache, rope, mask, cache_index)
         return self.norm(hidden), cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Float32 next-token logits [..., V] from final hidden states."""
         if self.cfg.tie_word_embeddings:
-            out = self.embed_tokens.attend(hidden)
+            dt = self.cfg.jnp_dtype
+            out = float32_dot_general(hidden.astype(dt), self.embed_tokens.embedding.astype(dt),
+                                      (((hidden.ndim - 1,), (1,)), ((), ())))
         else:
             out = self.lm_head(hidden)
         return constrain(out, ("activation_batch", "activation_length", "activation_vocab")).astype(jnp.float32)

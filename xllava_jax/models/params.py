@@ -43,6 +43,21 @@ def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:
     return nn.unbox(_init_boxed(cfg, rng))
 
 
+def init_group(cfg: LlavaConfig, group: str, rng: jax.Array) -> dict:
+    """Random params of one LLaVA group ('projector' or 'vision_tower') alone, equal to init_params(cfg)[group]
+    (flax derives each submodule's key from its path) without building the other towers."""
+    v = cfg.vision
+    if group == "projector":
+        x = jnp.zeros((1, 1, v.hidden_size), jnp.float32)
+        fn = lambda m, x: m.projector(x)  # noqa: E731
+    elif group == "vision_tower":
+        x = jnp.zeros((1, v.image_size, v.image_size, v.num_channels), jnp.float32)
+        fn = lambda m, x: m.vision_tower(x, cfg.vision_feature_layer)  # noqa: E731
+    else:
+        raise ValueError(f"init_group: group {group!r}; expected 'projector' or 'vision_tower'")
+    return nn.unbox(build_model(cfg).init(rng, x, method=fn)["params"][group])
+
+
 def abstract_params(cfg: ModelConfig) -> dict:
     """Parameter shapes and dtypes (jax.ShapeDtypeStruct), without allocating anything."""
     return nn.unbox(jax.eval_shape(lambda: _init_boxed(cfg, jax.random.PRNGKey(0))))

@@ -7,6 +7,7 @@ from typing import Mapping
 
 import numpy as np
 
+from xllava_jax.cli import UserError
 from xllava_jax.models.llama import LlamaConfig
 
 INIT_METHODS = ("mean", "mean_cov", "normal")
@@ -95,12 +96,17 @@ def grow_vocab(lm_params: dict, cfg: LlamaConfig, new_size: int, method: str = "
     return grown, dataclasses.replace(cfg, vocab_size=target)
 
 
+class TokenizerMismatch(UserError, ValueError):
+    """A tokenizer whose ids do not fit the model."""
+
+
 def check_tokenizer(cfg, tok) -> None:
-    """Raise ValueError if a tokenizer's ids do not fit a LLaMA/LLaVA config (vocabulary size, image token)."""
+    """Raise TokenizerMismatch (a ValueError) if a tokenizer's ids do not fit a LLaMA/LLaVA config (vocabulary
+    size, image token)."""
     text = getattr(cfg, "text", cfg)
     if tok.vocab_size > text.vocab_size:
-        raise ValueError(f"tokenizer has {tok.vocab_size} ids but the model's vocabulary is {text.vocab_size}")
+        raise TokenizerMismatch(f"tokenizer has {tok.vocab_size} ids but the model's vocabulary is {text.vocab_size}")
     image_token_id = getattr(cfg, "image_token_id", None)
     if image_token_id is not None and tok.image_token_id != image_token_id:
-        raise ValueError(f"tokenizer's <image> id is {tok.image_token_id} but the model's image_token_id is "
+        raise TokenizerMismatch(f"tokenizer's <image> id is {tok.image_token_id} but the model's image_token_id is "
                          f"{image_token_id}; use the tokenizer the model was trained with")

@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from xllava_jax.cli import UserError, add_subparsers, new_parser, run_subcommand
 from xllava_jax.models.vocab import INIT_METHODS
 from xllava_jax.tokenizer import expand as expansion
 from xllava_jax.tokenizer import report as reporting
@@ -23,11 +24,12 @@ log = logging.getLogger("xllava_jax.tokenizer")
 def run_expand(args: argparse.Namespace) -> None:
     """Expand a SentencePiece model and write it with HF tokenizer files."""
     if args.train_corpus and not args.new_pieces:
-        raise SystemExit("--train-corpus needs --new-pieces N")
+        raise UserError("--train-corpus needs --new-pieces N")
     stats = expansion.expand_tokenizer(
         args.base, args.out, add_vocab=args.add_vocab, vocab_format=args.vocab_format, train_corpus=args.train_corpus,
         new_pieces=args.new_pieces, train_vocab_size=args.train_vocab_size,
-        character_coverage=args.character_coverage, support=not args.no_support_pieces, legacy=args.legacy)
+        character_coverage=args.character_coverage, support=not args.no_support_pieces, legacy=args.legacy,
+        min_char_count=args.min_char_count)
     print(expansion.format_expansion(stats))
     print(f"wrote {Path(args.out) / 'tokenizer.model'}"
           + (" and HF tokenizer files" if stats.model_type == "bpe" else "") + f", {expansion.SUMMARY_FILE}")
@@ -39,7 +41,7 @@ def parse_texts(items: list[str]) -> dict[str, str]:
     for item in items:
         lang, sep, file = item.partition("=")
         if not sep or not lang or not file:
-            raise SystemExit(f"--text {item!r}: expected LANG=FILE")
+            raise UserError(f"--text {item!r}: expected LANG=FILE")
         texts[lang] = file
     return texts
 
@@ -75,9 +77,8 @@ def run_grow(args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the tokenizer command (flags accept '-' or '_')."""
-    p = argparse.ArgumentParser(prog="python -m xllava_jax.tokenizer", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = new_parser("python -m xllava_jax.tokenizer", __doc__)
+    sub = add_subparsers(p)
 
     def flag(group, name: str, **kw) -> None:
         group.add_argument(f"--{name}", *({f"--{name.replace('-', '_')}"} - {f"--{name}"}), **kw)
@@ -91,21 +92,25 @@ def parser() -> argparse.ArgumentParser:
     flag(e, "vocab-format", default="auto", choices=expansion.VOCAB_FORMATS, help="format of --add-vocab")
     flag(e, "train-vocab-size", type=int, help="vocabulary size trained on the corpus (default N*1.25+100)")
     flag(e, "character-coverage", type=float, default=0.9995, help="SentencePiece training character coverage")
+    flag(e, "min-char-count", type=int, default=expansion.DEFAULT_MIN_CHAR_COUNT,
+         help="--train-corpus: every character seen this often becomes a piece, first (no byte fallback for it); "
+              "0: off")
     flag(e, "no-support-pieces", action="store_true",
          help="BPE: append only the listed pieces, without the characters/prefixes that make them reachable")
     legacy = e.add_mutually_exclusive_group()
     legacy.add_argument("--legacy", dest="legacy", action="store_true", default=None,
                         help="transformers' legacy LLaMA tokenization (default: the base directory's, else off)")
-    legacy.add_argument("--no-legacy", "--no_legacy", dest="legacy", action="store_false")
+    legacy.add_argument("--no-legacy", "--no_legacy", dest="legacy", action="store_false",
+                        help="transformers' non-legacy LLaMA tokenization (no dummy prefix after special tokens)")
     flag(e, "out", required=True, help="output directory (tokenizer.model, HF tokenizer files, expansion.json)")
-    e.set_defaults(run=run_expand)
+    e.set_defaults(fn=run_expand)
 
     r = sub.add_parser("report", help="tokens per character/word before and after an expansion")
     flag(r, "base", required=True, help="base tokenizer.model or HF tokenizer directory")
     flag(r, "expanded", required=True, help="expanded tokenizer.model or directory")
     flag(r, "text", action="append", required=True, help="LANG=FILE held-out text (repeat per language)")
     flag(r, "out", help="JSON path (default: EXPANDED/report.json)")
-    r.set_defaults(run=run_report)
+    r.set_defaults(fn=run_report)
 
     g = sub.add_parser("grow", help="grow a checkpoint's embedding and LM head to a new vocabulary size")
     model = g.add_mutually_exclusive_group(required=True)
@@ -119,16 +124,15 @@ def parser() -> argparse.ArgumentParser:
     flag(g, "pad-to-multiple", type=int, help="round the vocabulary up to a multiple (e.g. 64)")
     flag(g, "seed", type=int, default=0, help="seed of mean_cov / normal")
     flag(g, "out", required=True, help="output checkpoint or HF directory")
-    g.set_defaults(run=run_grow)
+    g.set_defaults(fn=run_grow)
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: 0, or 2 with one `error:` line for a bad input."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parser().parse_args(argv)
-    args.run(args)
+    return run_subcommand(parser, argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

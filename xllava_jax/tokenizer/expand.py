@@ -32,6 +32,7 @@ Scores, so that the encoder uses the new pieces (`append_pieces`):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import json
@@ -58,6 +59,7 @@ UNIGRAM_MARGIN = 1.0  # nats above the best previous segmentation of a new unigr
 UNK_PENALTY = 10.0  # sentencepiece's unigram score for an unknown character: min score - 10
 BUILTIN_NORMALIZERS = ("identity", "nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf")
 SUMMARY_FILE = "expansion.json"
+DEFAULT_MIN_CHAR_COUNT = 5  # corpus characters seen this often are kept as pieces (no byte fallback for them)
 
 
 @dataclasses.dataclass
@@ -76,6 +78,7 @@ class Expansion:
     invalid: int = 0  # entries with whitespace inside (skipped)
     digits: int = 0  # pieces joining a digit to other characters while the base splits digits (skipped)
     over_limit: int = 0  # candidates left out by a new-piece limit
+    characters: int = 0  # corpus characters above the frequency floor the base lacked (appended first)
     unreachable: int = 0  # appended candidates the encoder cannot produce whole (BPE without support pieces)
     sources: dict = dataclasses.field(default_factory=dict)
 
@@ -170,6 +173,19 @@ def pieces_from_corpus(corpus: str | os.PathLike, base: pb.ModelProto, vocab_siz
     return [p.piece for p in trained.pieces if p.type == PIECE.NORMAL]
 
 
+def corpus_characters(corpus: str | os.PathLike, min_count: int) -> list[str]:
+    """Characters occurring at least `min_count` times in `corpus` (whitespace excluded), most frequent first.
+
+    A trained SentencePiece model lists its single characters last, so a new-piece limit would drop them
+    and text using them (CJK punctuation such as 。 and ？) would fall back to bytes; expansion keeps them.
+    """
+    counts: collections.Counter = collections.Counter()
+    with open(corpus, encoding="utf-8") as f:
+        for line in f:
+            counts.update(c for c in line if not c.isspace())
+    return [c for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count]
+
+
 # ---- segmentation (what the encoder would do with one piece's text) ----
 
 def bpe_segment(text: str, scores: Mapping[str, float]) -> list[str]:
@@ -219,11 +235,13 @@ def matched_scores(proto: pb.ModelProto) -> dict[str, float]:
 
 
 def append_pieces(base: pb.ModelProto, candidates: Iterable[str], limit: int | None = None,
-                  support: bool = True) -> tuple[pb.ModelProto, Expansion]:
+                  support: bool = True, characters: Sequence[str] = ()) -> tuple[pb.ModelProto, Expansion]:
     """A copy of `base` with the new candidates appended (existing ids unchanged), and what was done.
 
     `limit` caps the number of appended pieces (support pieces included); `support=False`
     appends the candidates alone (BPE may then be unable to produce some; they are counted).
+    `characters` the base lacks are appended first, and count toward the limit (they are appended even where
+    they alone exceed it; see corpus_characters).
     """
     kind = base.trainer_spec.model_type
     if kind not in (BPE, UNIGRAM):
@@ -236,6 +254,13 @@ def append_pieces(base: pb.ModelProto, candidates: Iterable[str], limit: int | N
     new: list[str] = []
     added: set[str] = set()
     wanted: list[str] = []
+    for char in characters:
+        if char not in existing and char not in added:
+            new.append(char)
+            added.add(char)
+            if kind == BPE:
+                scores[char] = score = score_below(score)
+            stats.characters += 1
     for piece in candidates:
         stats.requested += 1
         if piece in existing:
@@ -307,9 +332,10 @@ def expand_tokenizer(base: str | os.PathLike, out: str | os.PathLike, *, add_voc
                      vocab_format: str = "auto", train_corpus: str | os.PathLike | None = None,
                      new_pieces: int | None = None, train_vocab_size: int | None = None,
                      character_coverage: float = 0.9995, support: bool = True, legacy: bool | None = None,
-                     num_threads: int | None = None) -> Expansion:
+                     num_threads: int | None = None, min_char_count: int = DEFAULT_MIN_CHAR_COUNT) -> Expansion:
     """Expand `base` from a vocabulary file or a corpus; write out/tokenizer.model, the HF tokenizer files
-    (BPE models) and out/expansion.json. `new_pieces` caps (vocabulary file) or sets (corpus) the new pieces."""
+    (BPE models) and out/expansion.json. `new_pieces` caps (vocabulary file) or sets (corpus) the new pieces;
+    with a corpus, every character it holds `min_char_count` times or more is among them (0: no such rule)."""
     if (add_vocab is None) == (train_corpus is None):
         raise ValueError("give exactly one of add_vocab (a vocabulary file) and train_corpus (a text file)")
     proto = read_model_proto(base)
@@ -321,7 +347,8 @@ def expand_tokenizer(base: str | os.PathLike, out: str | os.PathLike, *, add_voc
             raise ValueError(f"new_pieces must be a positive number with a training corpus, not {new_pieces!r}")
         candidates = pieces_from_corpus(train_corpus, proto, train_vocab_size or default_train_vocab_size(new_pieces),
                                         character_coverage, num_threads=num_threads)
-    expanded, stats = append_pieces(proto, candidates, new_pieces, support)
+    characters = corpus_characters(train_corpus, min_char_count) if train_corpus and min_char_count > 0 else []
+    expanded, stats = append_pieces(proto, candidates, new_pieces, support, characters)
     stats.special, stats.invalid = info["special"], info["invalid"]
     stats.sources = {"base": str(model_path(base)), "add_vocab": str(add_vocab) if add_vocab else None,
                      "vocab_format": info["format"],
@@ -342,4 +369,5 @@ def format_expansion(stats: Expansion) -> str:
             f"{stats.added} requested pieces, {stats.support} support pieces); skipped {stats.existing} already in "
             f"the base, {stats.duplicate} duplicates, {stats.special} special entries, {stats.invalid} invalid, "
             f"{stats.digits} joining digits to other characters (the base splits digits), "
-            f"{stats.over_limit} over the limit; {stats.unreachable} appended pieces unreachable by the encoder")
+            f"{stats.over_limit} over the limit; {stats.unreachable} appended pieces unreachable by the encoder; "
+            f"{stats.characters} of the new pieces are corpus characters the base lacked")

@@ -29,6 +29,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
+from xllava_jax.cli import atomic_output
 from xllava_jax.convert.hf import TOKENIZER_FILES, copy_tokenizer
 from xllava_jax.convert.layout import LLAMA_PREFIXES, hf_key
 from xllava_jax.convert.safetensors_io import INDEX_FILE, StateDict, write_sharded
@@ -78,7 +79,8 @@ def grow_model(cfg: ModelConfig, params: dict, target: Target, method: str = "me
 
 def grow_checkpoint(path: str | os.PathLike, out: str | os.PathLike, target: Target, method: str = "mean",
                     seed: int = 0, pad_to_multiple: int | None = None) -> ModelConfig:
-    """Grow an Orbax checkpoint (a step or a workdir: its latest step) into a new checkpoint `out`."""
+    """Grow an Orbax checkpoint (a step or a workdir: its latest step) into a new checkpoint `out` (Orbax writes it
+    into a temporary directory and renames it when complete)."""
     cfg = checkpoint.load_config(path)
     host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     cfg, params = checkpoint.load_params(path, shardings=jax.tree_util.tree_map(lambda _: host, abstract_params(cfg)))
@@ -104,13 +106,13 @@ def grow_hf_llama(hf_dir: str | os.PathLike, out: str | os.PathLike, target: Tar
     size = padded_size(target.size, pad_to_multiple)
     embedding, head = grow_tables(embedding, head, size, method, seed)
     grown = {EMBED_KEY: embedding, **({HEAD_KEY: head} if head is not None else {})}
-    out.mkdir(parents=True, exist_ok=True)
-    write_sharded(out, _streamed(state, grown), max_shard_bytes)
-    _copy_side_files(hf_dir, out, keep_tokenizer=tokenizer is None)
-    if tokenizer is not None:
-        copy_tokenizer(tokenizer, out)
     config["vocab_size"] = size
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    with atomic_output(out) as tmp:  # `out` appears whole or not at all
+        write_sharded(tmp, _streamed(state, grown), max_shard_bytes)
+        _copy_side_files(hf_dir, tmp, keep_tokenizer=tokenizer is None)
+        if tokenizer is not None:
+            copy_tokenizer(tokenizer, tmp)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return config
 
 

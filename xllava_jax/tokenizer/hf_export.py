@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from sentencepiece import sentencepiece_model_pb2 as pb
 
@@ -48,9 +49,37 @@ def write_hf_tokenizer(model: str | os.PathLike | bytes, out: str | os.PathLike,
         (out / name).unlink(missing_ok=True)
     (out / "tokenizer.model").write_bytes(data)
     tok.save_pretrained(str(out))
-    config_file = out / "tokenizer_config.json"
-    config = json.loads(config_file.read_text())
-    config.update(legacy=legacy, add_bos_token=True, add_eos_token=False)
-    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    update_tokenizer_config(out, legacy=legacy, add_bos_token=True, add_eos_token=False)
     return out
 
+
+def update_tokenizer_config(out: str | os.PathLike, **values: Any) -> None:
+    """Set keys of out/tokenizer_config.json (transformers' save_pretrained does not write `legacy` back; without
+    it a later load may rebuild the tokenizer non-legacy)."""
+    config_file = Path(out) / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config.update(values)
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+
+def export_hf_tokenizer(source: str | os.PathLike, out: str | os.PathLike, chat_template: str | None = None) -> Any:
+    """The HF tokenizer of `source` (a tokenizer directory) written into `out` so that it tokenizes like training.
+
+    Training tokenizes each text chunk around `<image>` on its own, with SentencePiece's dummy prefix
+    (LLaVA's tokenizer_image_token), which is transformers' `legacy=True`; the export is written legacy
+    whatever `source` says, with `chat_template` (Jinja) when given. Returns the transformers tokenizer (whoever
+    saves it again, e.g. a processor, calls update_tokenizer_config(out, legacy=True) after).
+    """
+    import transformers
+
+    source, out = Path(source), Path(out)
+    tok = transformers.AutoTokenizer.from_pretrained(str(source), legacy=True, local_files_only=True)
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(out))
+    if (source / "tokenizer.model").is_file():  # our load_tokenizer reads it
+        (out / "tokenizer.model").write_bytes((source / "tokenizer.model").read_bytes())
+    update_tokenizer_config(out, legacy=True)
+    return tok

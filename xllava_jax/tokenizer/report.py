@@ -3,7 +3,7 @@
 Per language: characters (whitespace excluded), words (whitespace-separated; for Chinese
 that is sentences or phrases, not words), and for the base and the expanded tokenizer the
 tokens (SentencePiece ids without BOS/EOS), tokens per character and per word, and the share
-of byte-fallback tokens; for the expanded one also the share of tokens that are new pieces
+of byte-fallback tokens (a rise is flagged); for the expanded one also the share of tokens that are new pieces
 and how many distinct new pieces the encoder used (and their share of all new pieces).
 """
 
@@ -77,7 +77,14 @@ def tokenizer_report(base: str | os.PathLike, expanded: str | os.PathLike,
         report["languages"][lang] = {
             "file": str(file), "lines": len(lines), "chars": chars, "words": words, "before": before, "after": after,
             "tokens_per_char_ratio": after["tokens_per_char"] / before["tokens_per_char"]}
+    report["byte_fallback_rise"] = byte_fallback_rise(report)
     return report
+
+
+def byte_fallback_rise(report: dict) -> list[str]:
+    """Languages whose byte-fallback share went up with the expansion (characters the new pieces miss)."""
+    return [lang for lang, r in report["languages"].items()
+            if r["after"]["byte_fallback_share"] > r["before"]["byte_fallback_share"]]
 
 
 def format_report(report: dict) -> str:
@@ -96,6 +103,11 @@ def format_report(report: dict) -> str:
                      f"{a['new_pieces_used']} ({100 * a['new_pieces_used_share']:.1f}%)"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    for lang in byte_fallback_rise(report):
+        r = report["languages"][lang]
+        lines.append(f"WARNING {lang}: byte-fallback share rose {100 * r['before']['byte_fallback_share']:.1f}% -> "
+                     f"{100 * r['after']['byte_fallback_share']:.1f}%: the expansion lacks characters of this text "
+                     "(expand with a corpus that holds them, or a lower --min-char-count)")
     return "\n".join([head, *lines])
 
 

@@ -23,7 +23,7 @@ def model_config() -> ml_collections.ConfigDict:
     # execution: how the towers run, applied whatever the init source
     m.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16
     m.param_dtype = "float32"  # storage dtype of parameters (and so of optimizer moments)
-    m.attention = "xla"  # jax.nn.dot_product_attention implementation: xla | cudnn
+    m.attention = "auto"  # auto (splash on TPU, cudnn on NVIDIA GPUs, else xla) | xla | cudnn | splash
     m.scan_layers = True  # nn.scan over layers (False unrolls the same parameters)
     m.remat_policy = "none"  # none | full | dots | dots_no_batch | any jax.checkpoint_policies name
     # text tower sizes (random init only); vocab_size -1 = the tokenizer's vocabulary padded to pad_vocab_to
@@ -64,7 +64,8 @@ def data_config() -> ml_collections.ConfigDict:
     d.image_root = ""  # image directory (default: data.root)
     d.template = "vicuna_v1"  # conversation template: plain | vicuna_v1 | llava_llama_2
     d.max_len = 2048  # tokens per row
-    d.pack = False  # pack several samples into a row (segment ids keep them apart)
+    d.pack = False  # pack several samples into a row (segment ids keep them apart); epochs count packed rows
+    d.split_documents = True  # text documents longer than max_len are split into pieces (False: truncated)
     d.max_images_per_row = 1  # image slots per row (with packing, the most images a packed row holds)
     d.pad_image = True  # LLaVA's `image_aspect_ratio pad`
     d.group_by_length = False  # LLaVA's group_by_modality_length
@@ -97,8 +98,10 @@ def base_config(stage: int = 1) -> ml_collections.ConfigDict:
         grad_accum=1,  # microbatches per step (batch_size / grad_accum rows each)
         num_steps=0,  # optimizer steps; 0 = num_epochs over the data
         num_epochs=1.0,
-        consistency_weight=0.0,  # lambda of the cross-modal consistency loss (README "Training")
-        max_nonfinite=5,  # K: this many non-finite steps in a row stop the run
+        consistency_weight=0.0,  # lambda of the cross-modal consistency loss (docs/training.md)
+        consistency_text_grad=False,  # let that loss's gradient reach the word embeddings (a_i); off: stop_gradient
+        max_nonfinite=5,  # K: this many non-finite steps in a row stop the run (noticed one step later)
+        sigterm_check_steps=10,  # several processes: SIGTERM is agreed on (a device sync) every this many steps
     ))
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-3,  # peak learning rate
@@ -144,7 +147,7 @@ def llava15_recipe(stage: int, llm: str, *, vision: str = "clip-vit-large-patch1
 
     stage 1: projector only, global batch 256, lr 1e-3, template plain, blip_laion_cc_sbu_558k;
     stage 2: projector + LLM, global batch 128, lr 2e-5, template vicuna_v1, llava_v1_5_mix665k,
-    group_by_modality_length. Both: 1 epoch, warmup ratio 0.03, cosine, no weight decay, max length 2048,
+    group_by_modality_length, images padded to a square (stage 1: resized + centre-cropped). Both: 1 epoch, warmup ratio 0.03, cosine, no weight decay, max length 2048,
     bf16 compute, full remat, FSDP over every device.
     """
     if stage not in (1, 2):
@@ -153,7 +156,8 @@ def llava15_recipe(stage: int, llm: str, *, vision: str = "clip-vit-large-patch1
     c.tokenizer = llm  # the LLM's HF directory holds tokenizer.model (<image>/<pad> appended like llava-hf)
     c.model.update(dtype="bfloat16", param_dtype="float32", remat_policy="full")
     c.mesh.update(data=1, fsdp=-1, tensor=1)
-    c.data.update(root=data_dir, max_len=2048, pad_image=True, num_workers=8)
+    # pretrain.sh sets no --image_aspect_ratio (resize + centre crop); finetune.sh sets `pad`
+    c.data.update(root=data_dir, max_len=2048, pad_image=stage == 2, num_workers=8)
     c.train.update(num_epochs=1.0, num_steps=0)
     c.optim.update(warmup_ratio=0.03, weight_decay=0.0, clip_norm=1.0)
     c.checkpoint.update(every_steps=500, keep=2)

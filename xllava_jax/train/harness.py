@@ -6,10 +6,9 @@ What the stage loop, the tests and the benchmark share; the loop adds data, chec
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
-import ml_collections
 import optax
 from jax.sharding import Mesh
 
@@ -21,6 +20,9 @@ from xllava_jax.train.optimizer import make_optimizer, schedule
 from xllava_jax.sharding import DEFAULT_RULES
 from xllava_jax.train.state import TrainState, new_state, state_shardings
 from xllava_jax.train.step import in_mesh, jit_train_step, train_step_fn
+
+if TYPE_CHECKING:  # type hints only: the GPU image has no ml_collections (bench/gpu_suite.py)
+    import ml_collections
 
 
 @dataclasses.dataclass
@@ -56,11 +58,12 @@ class Harness:
 
 
 def make_harness(cfg: ModelConfig, groups: tuple[str, ...], optim: ml_collections.ConfigDict, total_steps: int,
-                 mesh: Mesh, rules: Any = DEFAULT_RULES, grad_accum: int = 1, consistency_weight: float = 0.0
-                 ) -> Harness:
+                 mesh: Mesh, rules: Any = DEFAULT_RULES, grad_accum: int = 1, consistency_weight: float = 0.0,
+                 consistency_text_grad: bool = False) -> Harness:
     """Optimizer, state shardings and step for one training setup."""
     rules = tuple(tuple(r) for r in rules)
     tx = make_optimizer(optim, total_steps)
     shard = state_shardings(cfg, groups, tx, mesh, rules)
-    step = train_step_fn(cfg, tx, schedule(optim, total_steps), mesh, grad_accum, consistency_weight)
+    step = train_step_fn(cfg, tx, schedule(optim, total_steps), mesh, grad_accum, consistency_weight,
+                         consistency_text_grad)
     return Harness(cfg, tuple(groups), tx, shard, mesh, rules, step)

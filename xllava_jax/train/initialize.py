@@ -8,20 +8,22 @@ stage 0. The config's execution settings (dtype, attention, scan, remat) always 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
-import ml_collections
 import numpy as np
 
 from xllava_jax.models.clip import CLIPVisionConfig
 from xllava_jax.models.layers import DTYPES
 from xllava_jax.models.llama import LlamaConfig
 from xllava_jax.models.llava import LlavaConfig
-from xllava_jax.models.params import ModelConfig, init_params
+from xllava_jax.models.params import ModelConfig, init_group, init_params
 from xllava_jax.models.vocab import check_tokenizer, grow_vocab, padded_size
 from xllava_jax.tokenizer.spm import Tokenizer
 from xllava_jax import checkpoint
+
+if TYPE_CHECKING:  # type hints only: the GPU image has no ml_collections (bench/gpu_suite.py)
+    import ml_collections
 
 EXEC_FIELDS = ("dtype", "param_dtype", "attention", "scan_layers", "remat_policy")
 
@@ -83,8 +85,9 @@ def as_llava(text: LlamaConfig, lm: dict, config: ml_collections.ConfigDict, tok
     cfg = LlavaConfig(vision=vision, text=text, projector_type=config.model.projector_type,
                       image_token_id=tok.image_token_id, pad_token_id=tok.pad_id,
                       vision_feature_layer=config.model.vision_feature_layer)
-    fresh = init_params(cfg, jax.random.PRNGKey(config.seed))
-    return cfg, {"vision_tower": vision_params or fresh["vision_tower"], "projector": fresh["projector"],
+    key = jax.random.PRNGKey(config.seed)
+    host = lambda group: jax.tree_util.tree_map(np.asarray, init_group(cfg, group, key))  # noqa: E731
+    return cfg, {"vision_tower": vision_params or host("vision_tower"), "projector": host("projector"),
                  "language_model": lm}
 
 
@@ -105,8 +108,7 @@ def loaded_model(config: ml_collections.ConfigDict, tok: Tokenizer, checkpoint_p
         from xllava_jax.convert.hf import load_hf_llama
         model, params = load_hf_llama(i.llama_dir, **kw)
     else:
-        cfg, params = checkpoint.load_params(checkpoint_path or i.checkpoint)
-        params = jax.tree_util.tree_map(np.asarray, params)
+        cfg, params = checkpoint.load_params(checkpoint_path or i.checkpoint, to_host=True)
         if isinstance(cfg, LlamaConfig) and config.model.kind == "llava":
             cfg, params = grow_to_tokenizer(cfg, params, tok, config)
             cfg, params = as_llava(cfg, params, config, tok)

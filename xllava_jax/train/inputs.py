@@ -7,12 +7,14 @@ Process-aware: each process builds the pipeline over its own shard of the record
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from jax.sharding import Mesh
 
 from xllava_jax.data import formats
@@ -71,21 +73,49 @@ def image_size(cfg: ModelConfig) -> int:
     return cfg.vision.image_size if isinstance(cfg, LlavaConfig) else 0
 
 
+def _processor_and_spec(d: ml_collections.ConfigDict, tok: Tokenizer, cfg: ModelConfig, global_batch: int,
+                        load_images: bool = True) -> tuple[SampleProcessor, BatchSpec]:
+    """The sample processor and batch spec of a data config for this process."""
+    size = image_size(cfg)
+    processor = SampleProcessor(tok, d.template, d.max_len, cfg.num_image_tokens if size else 1, size or 336,
+                                d.pad_image, load_images=load_images and bool(size),
+                                split_documents=d.split_documents)
+    spec = BatchSpec(global_batch // jax.process_count(), d.max_len, tok.pad_id, d.pack, d.max_images_per_row,
+                     (size or 1, size or 1, 3))
+    return processor, spec
+
+
 def make_iterator(d: ml_collections.ConfigDict, source: Any, tok: Tokenizer, cfg: ModelConfig, global_batch: int,
                   seed: int, shuffle: bool = True) -> Any:
     """This process's batch iterator (endless: epochs repeat in fresh seeded orders); get_state/set_state."""
-    size = image_size(cfg)
-    processor = SampleProcessor(tok, d.template, d.max_len, cfg.num_image_tokens if size else 1, size or 336,
-                                d.pad_image, load_images=bool(size))
-    spec = BatchSpec(global_batch // jax.process_count(), d.max_len, tok.pad_id, d.pack, d.max_images_per_row,
-                     (size or 1, size or 1, 3))
+    processor, spec = _processor_and_spec(d, tok, cfg, global_batch)
     return iter(make_pipeline(source, processor, spec, seed=seed, shuffle=shuffle and d.shuffle, num_epochs=None,
                               group_by_length=d.group_by_length, num_workers=d.num_workers))
+
+
+def rows_per_epoch(d: ml_collections.ConfigDict, source: Any, tok: Tokenizer, cfg: ModelConfig, global_batch: int,
+                   seed: int) -> int:
+    """Global rows of one epoch: the records, or with packing or split text documents, the rows a tokens-only
+    pass of epoch 0's pipeline makes (images not opened; the smallest shard times the processes)."""
+    if not (d.pack or (d.format == "text" and d.split_documents)):
+        return len(source)
+    processor, spec = _processor_and_spec(d, tok, cfg, global_batch, load_images=False)
+    spec = dataclasses.replace(spec, drop_remainder=False)
+    rows = 0
+    for batch in make_pipeline(source, processor, spec, seed=seed, shuffle=d.shuffle, num_epochs=1,
+                               group_by_length=d.group_by_length, num_workers=d.num_workers):
+        rows += int((batch["attention_mask"].sum(axis=1) > 0).sum())
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        rows = int(np.asarray(multihost_utils.process_allgather(np.int64(rows))).min())
+    return rows * jax.process_count()
 
 
 def host_batch(batch: dict, cfg: ModelConfig, slots: int, images: bool) -> dict:
     """A pipeline batch as the step reads it: per-row image slots (or no pixels), no bookkeeping keys."""
     out = {k: batch[k] for k in ("input_ids", "labels", "attention_mask", "positions", "segment_ids")}
+    if images:
+        out["content_mask"] = batch["content_mask"]
     if images:
         out["pixel_values"] = row_slots(batch["input_ids"], batch["pixel_values"], cfg.image_token_id,
                                         cfg.num_image_tokens, slots)
@@ -98,8 +128,8 @@ def to_global(local: dict, mesh: Mesh) -> dict:
             for k, v in local.items()}
 
 
-def steps_for(config: ml_collections.ConfigDict, num_records: int) -> int:
-    """Optimizer steps of the run: train.num_steps, else num_epochs over the records (unpacked rows)."""
+def steps_for(config: ml_collections.ConfigDict, num_rows: int) -> int:
+    """Optimizer steps of the run: train.num_steps, else num_epochs over the rows of an epoch (rows_per_epoch)."""
     if config.train.num_steps > 0:
         return int(config.train.num_steps)
-    return max(1, math.floor(config.train.num_epochs * num_records / config.train.batch_size))
+    return max(1, math.floor(config.train.num_epochs * num_rows / config.train.batch_size))

@@ -55,10 +55,13 @@ class Preempted:
         log.warning("SIGTERM: saving a checkpoint and stopping")
         self.flag = True
 
-    def anywhere(self) -> bool:
-        """The flag of any process (a small collective when there are several), so all stop at the same step."""
+    def anywhere(self, check: bool = True) -> bool:
+        """The flag of any process, so all stop at the same step: with several processes a small collective (which
+        waits for the device), done only where `check` (at the same steps on every process), else False."""
         if jax.process_count() == 1:
             return self.flag
+        if not check:
+            return False
         from jax.experimental import multihost_utils
         return bool(np.asarray(multihost_utils.process_allgather(np.int32(self.flag))).max())
 
@@ -106,7 +109,7 @@ def evaluate(config: ml_collections.ConfigDict, eval_fn: Any, params: dict, cfg:
 def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: str = "") -> dict:
     """Train one stage in `workdir` (resuming if it holds a checkpoint); returns the final step, metrics and
     checkpoint path. `previous`: the checkpoint that init.source 'previous' starts from."""
-    validate(config, in_stage_list=bool(previous))
+    validate(config, in_stage_list=bool(previous), check_paths=True)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
@@ -123,9 +126,10 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
     images = is_llava and config.stage in (1, 2)
     slots = config.data.max_images_per_row
     source = inputs.load_records(config.data, config.seed)
-    total = inputs.steps_for(config, len(source))
+    total = inputs.steps_for(config, len(source) if config.train.num_steps > 0 else inputs.rows_per_epoch(
+        config.data, source, tok, cfg, config.train.batch_size, config.seed))
     h = make_harness(cfg, groups, config.optim, total, mesh, rules, config.train.grad_accum,
-                     config.train.consistency_weight)
+                     config.train.consistency_weight, config.train.consistency_text_grad)
     data_state = None
     if latest is not None:
         state, data_state = _resume(ckpts, latest, h)
@@ -143,6 +147,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
     done = start
     tick, ticked = time.perf_counter(), start
     samples = 0
+    previous = None  # the last step's metrics: the non-finite streak is read one step behind
     try:
         with Preempted() as preempted:
             for done in range(start + 1, total + 1):
@@ -159,8 +164,12 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
                                        batch["pixel_values"].shape[0] * slots if images else 0)
                 state, metrics = step_fn(state, batch)
                 writer.advance()
-                stop = preempted.anywhere()
-                streak = int(jax.device_get(metrics["nonfinite_streak"]))
+                stop = preempted.anywhere(done % config.train.sigterm_check_steps == 0 or done == total)
+                save = done % config.checkpoint.every_steps == 0 or done == total or stop
+                # no per-step wait for the device: read the previous step's streak (step `done` runs on while the
+                # host builds the next batch), this step's only before a save
+                watched = metrics if save or previous is None else previous
+                streak, previous = int(jax.device_get(watched["nonfinite_streak"])), metrics
                 do_eval = bool(config.eval.every_steps and config.eval_data.files
                                and done % config.eval.every_steps == 0)
                 if done % config.log.every_steps == 0 or done == total or stop or do_eval or streak:
@@ -179,29 +188,36 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
                     writer.write(done, last)
                     tick, ticked, samples = time.perf_counter(), done, 0
                 if streak >= config.train.max_nonfinite:
-                    raise NonFiniteError(f"{streak} non-finite steps in a row at step {done} "
+                    raise NonFiniteError(f"{streak} non-finite steps in a row at step "
+                                         f"{done if watched is metrics else done - 1} "
                                          f"(train.max_nonfinite={config.train.max_nonfinite}); last good checkpoint: "
                                          f"step {saved}")
-                if done % config.checkpoint.every_steps == 0 or done == total or stop:
+                if save:
                     ckpts.save(done, h.params(state), state.opt_state,
                                all_process_states(it.get_state()), {"step": done, "nonfinite_streak": streak,
                                                 "nonfinite_total": int(state.nonfinite_total), "stage": config.stage,
-                                                "total_steps": total}, cfg)
+                                                "total_steps": total, "template": config.data.template,
+                                                "instruction": config.data.get("instruction")}, cfg)
                     saved = done
                 if stop:
                     break
     finally:
         ckpts.close()
         writer.close()
+    stats = getattr(it, "stats", None)  # this process's data counts (skips by reason, truncations)
+    if stats is not None:
+        log.info("%s finished at step %d; data (this process): %s", workdir, done, stats.one_line())
     return {"workdir": str(workdir), "step": done, "total_steps": total, "metrics": last,
-            "checkpoint": str(ckpts.step_dir(saved)) if saved >= 0 else None, "model_config": cfg}
+            "checkpoint": str(ckpts.step_dir(saved)) if saved >= 0 else None, "model_config": cfg,
+            **({"data": {k: v for k, v in stats.to_dict().items() if k in ("kept", "truncated", "skipped")}}
+               if stats is not None else {})}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, dict]:
     """Run a config: one stage, or each stage of `config.stages` in DIR/<name> (init.source 'previous'
     starts from the stage before). Returns {stage name: run_stage result (plus its `seconds`)}."""
     workdir = Path(workdir)
-    validate(config)
+    validate(config, check_paths=True)
     results, previous = {}, ""
     for name in config.stages or ("stage",):
         start = time.perf_counter()

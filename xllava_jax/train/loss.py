@@ -6,12 +6,15 @@ the trained-token count of the whole global batch, so gradient accumulation equa
 Cross-modal consistency (LRM-LLaVA's regularizer made explicit; weight `train.consistency_weight`):
 for every image i in the batch, v_i = mean over its N positions of the projected image features
 (the visual-word embeddings the LLM reads) and a_i = mean of the input token embeddings of the
-trained (label != -100) tokens of the sample holding the image (its caption or answers);
-L_cons = mean_i (1 - cos(v_i, a_i)) over images whose sample has a trained token.
+trained (label != -100) content tokens of the sample holding the image (its caption or answers; the batch's
+`content_mask` leaves out template text and `</s>`), under stop_gradient unless
+`train.consistency_text_grad` (so by default the loss moves the image side, not the word embeddings);
+L_cons = mean_i (1 - cos(v_i, a_i)) over images whose sample has a trained content token.
 
 Modality gap (eval metric, LRM-LLaVA Figure 5): with v_i as above and t_i = mean input embedding of
-all text tokens of image i's sample, gap = || mean_i v_i/|v_i| - mean_i t_i/|t_i| ||_2 (distance
-between the centroids of the unit-normalised image and text features) and mean_i cos(v_i, t_i).
+the content text tokens of image i's sample (questions and answers, not the system prompt or role names),
+gap = || mean_i v_i/|v_i| - mean_i t_i/|t_i| ||_2 (distance between the centroids of the unit-normalised image
+and text features) and mean_i cos(v_i, t_i). Batches without `content_mask` count every text token.
 """
 
 from __future__ import annotations
@@ -64,12 +67,23 @@ def _cos(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + 1e-6)
 
 
+def content(batch: dict) -> jax.Array:
+    """Bool [B, T]: the turns' own text tokens (all tokens when the batch has no content_mask)."""
+    return batch["content_mask"] > 0 if "content_mask" in batch else jnp.ones(batch["input_ids"].shape, bool)
+
+
+def answer_tokens(batch: dict) -> jax.Array:
+    """Bool [B, T]: the tokens a_i averages (trained content tokens)."""
+    return (batch["labels"] != IGNORE_INDEX) & content(batch)
+
+
 def consistency_sums(out_embeds: jax.Array, features: jax.Array, batch: dict, image_token_id: int,
-                     tokens_per_image: int) -> dict[str, jax.Array]:
-    """Summed (1 - cos(v_i, a_i)) over images with trained tokens, and their count (see module doc)."""
+                     tokens_per_image: int, text_grad: bool = False) -> dict[str, jax.Array]:
+    """Summed (1 - cos(v_i, a_i)) over images with trained content tokens, and their count (see module doc)."""
     slots = features.shape[1] // tokens_per_image
     valid, segment = image_slots(batch["input_ids"], batch["segment_ids"], image_token_id, tokens_per_image, slots)
-    answer, n = _masked_mean(out_embeds, batch["segment_ids"], segment, batch["labels"] != IGNORE_INDEX)
+    text = out_embeds if text_grad else jax.lax.stop_gradient(out_embeds)
+    answer, n = _masked_mean(text, batch["segment_ids"], segment, answer_tokens(batch))
     use = valid & (n > 0)
     return {"cons": jnp.sum(jnp.where(use, 1.0 - _cos(_pooled(features, tokens_per_image), answer), 0.0)),
             "cons_images": jnp.sum(use).astype(jnp.float32)}
@@ -80,7 +94,7 @@ def modality_sums(out_embeds: jax.Array, features: jax.Array, batch: dict, image
     """Sums for the modality gap: unit image / text centroids' numerators, cosine sum, image count."""
     slots = features.shape[1] // tokens_per_image
     valid, segment = image_slots(batch["input_ids"], batch["segment_ids"], image_token_id, tokens_per_image, slots)
-    text_tok = (batch["attention_mask"] > 0) & (batch["input_ids"] != image_token_id)
+    text_tok = (batch["attention_mask"] > 0) & (batch["input_ids"] != image_token_id) & content(batch)
     text, n = _masked_mean(out_embeds, batch["segment_ids"], segment, text_tok)
     image = _pooled(features, tokens_per_image)
     use = (valid & (n > 0)).astype(jnp.float32)[..., None]

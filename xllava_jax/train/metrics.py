@@ -1,8 +1,10 @@
 """Training metrics: model FLOPs for MFU, and the writers (DIR/metrics.jsonl, TensorBoard, tqdm), process 0 only.
 
-Model FLOPs of one step (the MFU numerator; matmuls only, 2 FLOPs per multiply-add):
-  decoder, per token:  F = 2 * (decoder matmul params, i.e. without the embedding table) + 4 * L * T * d_attn
-  vision, per image:   Fv = 2 * (vision params) * P + 4 * Lv * P^2 * dv, and the projector 2 * (its params) * P
+Model FLOPs of one step (the MFU numerator; 2 FLOPs per multiply-add of N non-embedding params, Kaplan et al.):
+  decoder, per token:  F = 2 * (decoder params without the embedding table) + 4 * L * T * d_attn (T = row length)
+  vision, per image:   Fv = 2 * (patch conv) * P + 2 * (encoder params run on every position) * (P + 1)
+                       + 4 * Lv * (P + 1)^2 * dv (P patches + CLS; position/class embeddings are no matmul,
+                       post_layernorm does not run), and the projector 2 * (its params) * P
   forward once; backward costs 2 x forward for a trained group and 1 x forward (activation gradients only)
   for a frozen group that a trained group sits before (the decoder in stage 1); nothing for the rest.
 MFU = FLOPs / step time / (log.peak_tflops * 1e12 * devices).
@@ -36,8 +38,11 @@ def step_flops(cfg: ModelConfig, groups: tuple[str, ...], tokens: float, seq_len
     if not isinstance(cfg, LlavaConfig):
         return 3 * tokens * _decoder_flops_per_token(cfg, params, seq_len)
     lm = tokens * _decoder_flops_per_token(cfg.text, params["language_model"], seq_len)
-    p, v = cfg.num_image_tokens, cfg.vision
-    vision = images * (2 * count(params["vision_tower"]) * p + 4 * v.num_hidden_layers * p * p * v.hidden_size)
+    p, v, vt = cfg.num_image_tokens, cfg.vision, params["vision_tower"]
+    conv = count(vt["embeddings"]["patch_embedding"])
+    body = count(vt) - count(vt["embeddings"]) - count(vt["post_layernorm"])
+    n = v.num_patches + 1
+    vision = images * (2 * conv * v.num_patches + 2 * body * n + 4 * v.num_hidden_layers * n * n * v.hidden_size)
     proj = images * 2 * count(params["projector"]) * p
     factor = {g: 3.0 if g in groups else 1.0 for g in ("vision_tower", "projector", "language_model")}
     if "language_model" not in groups and ("projector" in groups or "vision_tower" in groups):

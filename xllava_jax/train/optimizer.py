@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import jax
-import ml_collections
 import optax
+
+if TYPE_CHECKING:  # type hints only: the GPU image has no ml_collections (bench/gpu_suite.py)
+    import ml_collections
 
 NO_DECAY_LEAVES = ("bias", "scale")  # biases, RMSNorm and LayerNorm scales (HF Trainer's rule)
 

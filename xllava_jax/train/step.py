@@ -47,12 +47,12 @@ def consistency_images(batch: dict, cfg: LlavaConfig, slots: int) -> jax.Array:
     """Number of images in the batch whose sample has a trained token (the consistency loss's mean)."""
     valid, segment = losses.image_slots(batch["input_ids"], batch["segment_ids"], cfg.image_token_id,
                                         cfg.num_image_tokens, slots)
-    trained = batch["labels"] != IGNORE_INDEX
+    trained = losses.answer_tokens(batch)
     has = jnp.any(trained[..., None] & (batch["segment_ids"][..., None] == segment[:, None, :]), axis=1)
     return jnp.sum(valid & has).astype(jnp.float32)
 
 
-def make_loss_fn(cfg: ModelConfig, consistency_weight: float) -> Callable:
+def make_loss_fn(cfg: ModelConfig, consistency_weight: float, consistency_text_grad: bool = False) -> Callable:
     """loss(trainable, frozen, microbatch, n_tokens, n_images) -> (loss, sums)."""
     model, is_llava = build_model(cfg), isinstance(cfg, LlavaConfig)
 
@@ -62,16 +62,17 @@ def make_loss_fn(cfg: ModelConfig, consistency_weight: float) -> Callable:
         loss = sums["nll"] / n_tokens
         if consistency_weight > 0:
             sums.update(losses.consistency_sums(out.embeds, out.image_features, mb, cfg.image_token_id,
-                                                cfg.num_image_tokens))
+                                                cfg.num_image_tokens, consistency_text_grad))
             loss = loss + consistency_weight * sums["cons"] / n_images
         return loss, sums
     return loss_fn
 
 
 def train_step_fn(cfg: ModelConfig, tx: optax.GradientTransformation, lr_schedule: optax.Schedule, mesh: Mesh,
-                  grad_accum: int = 1, consistency_weight: float = 0.0) -> Callable:
+                  grad_accum: int = 1, consistency_weight: float = 0.0, consistency_text_grad: bool = False
+                  ) -> Callable:
     """The un-jitted step (state, batch) -> (state, metrics)."""
-    loss_fn = make_loss_fn(cfg, consistency_weight)
+    loss_fn = make_loss_fn(cfg, consistency_weight, consistency_text_grad)
     grad_fn = jax.grad(loss_fn, has_aux=True)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:

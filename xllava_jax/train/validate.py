@@ -2,20 +2,47 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
+import os
 
 import ml_collections
 
+from xllava_jax.cli import UserError
 from xllava_jax.data.templates import get_template
 from xllava_jax.models.layers import ATTENTION_IMPLEMENTATIONS, DTYPES, remat_policy
 from xllava_jax.train.defaults import STAGE_TRAINABLE
 
+log = logging.getLogger(__name__)
 GROUPS = ("vision_tower", "projector", "language_model")
 INIT_SOURCES = ("random", "hf", "hf_llava", "hf_llama", "checkpoint", "previous")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """Raised with every problem found in a training config."""
+
+
+def override_problem(config: ml_collections.ConfigDict, key: str) -> str | None:
+    """Why `--config.KEY=...` does not name a setting of `config` (None when it does): the nearest existing key,
+    or, for a stage list, that the stage name comes first."""
+    node, done = config, []
+    for part in key.split("."):
+        if isinstance(node, (ml_collections.ConfigDict, dict)) and part in node:
+            node, done = node[part], done + [part]
+            continue
+        where = ".".join(done)
+        if not isinstance(node, (ml_collections.ConfigDict, dict)):
+            return f"--config.{key}: {where} is a value ({node!r}), it has no setting {part!r}"
+        keys = sorted(node.keys())
+        if not done and config.get("stages"):
+            stages = list(config.stages)
+            return (f"--config.{key}: this config is a stage list (stages: {', '.join(stages)}); put the stage "
+                    f"name first, e.g. --config.{stages[-1]}.{key}")
+        close = difflib.get_close_matches(part, keys, n=1, cutoff=0.6)
+        hint = f"; did you mean --config.{'.'.join(done + close)}?" if close else f"; settings there: {', '.join(keys)}"
+        return f"--config.{key}: no setting {part!r} in {'config.' + where if where else 'the config'}{hint}"
+    return None
 
 
 def trainable_groups(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -167,7 +194,21 @@ def _schedule_problems(config: ml_collections.ConfigDict) -> list[str]:
         p.append(f"train.consistency_weight > 0 needs images: stage {config.stage} has none")
     if config.train.max_nonfinite < 1:
         p.append(f"train.max_nonfinite={config.train.max_nonfinite} must be >= 1")
+    if config.train.sigterm_check_steps < 1:
+        p.append(f"train.sigterm_check_steps={config.train.sigterm_check_steps} must be >= 1")
     return p
+
+
+def numeric_warnings(config: ml_collections.ConfigDict) -> list[str]:
+    """Settings that train, but not as LLaVA's fp32-master mixed precision does (logged at start-up)."""
+    m, w = config.model, []
+    if m.dtype == "float16":
+        w.append("model.dtype='float16' without loss scaling (none is implemented): small gradients underflow "
+                 "to zero; use bfloat16")
+    if m.param_dtype == "bfloat16":
+        w.append("model.param_dtype='bfloat16' keeps no float32 master copy: updates smaller than ~1/256 of a "
+                 "weight are lost (LLaVA trains bf16 compute on fp32 master weights)")
+    return w
 
 
 def problems(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> list[str]:
@@ -179,9 +220,18 @@ def problems(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     return p
 
 
+def missing_paths(config: ml_collections.ConfigDict) -> list[str]:
+    """The local init paths of a stage config that do not exist (cloud paths are not checked)."""
+    keys = {"hf": ("llama_dir", "clip_dir"), "hf_llava": ("llava_dir",), "hf_llama": ("llama_dir",),
+            "checkpoint": ("checkpoint",)}.get(config.init.source, ())
+    return [f"init.{k}={config.init[k]!r} does not exist" for k in keys
+            if config.init.get(k) and "://" not in config.init[k] and not os.path.exists(config.init[k])]
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, num_processes: int | None = None,
-             in_stage_list: bool = False) -> None:
-    """Raise ConfigError naming every inconsistent setting of a stage config (or of each stage of a list)."""
+             in_stage_list: bool = False, check_paths: bool = False) -> None:
+    """Raise ConfigError naming every inconsistent setting of a stage config (or of each stage of a list);
+    `check_paths`: also that the init paths exist (at run time, so that nothing starts before)."""
     import jax
     num_devices = num_devices or jax.device_count()
     num_processes = num_processes or jax.process_count()
@@ -194,9 +244,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
             if config[name].init.source == "previous" and i == 0:
                 found.append(f"{name}: init.source='previous' in the first stage of the list")
             found += [f"{name}: {e}" for e in problems(config[name], num_devices, num_processes)]
+            found += [f"{name}: {e}" for e in (missing_paths(config[name]) if check_paths else [])]
     else:
-        found = problems(config, num_devices, num_processes)
+        found = problems(config, num_devices, num_processes) + (missing_paths(config) if check_paths else [])
         if config.init.source == "previous" and not in_stage_list:
             found.append("init.source='previous' is only for stages of a stage list (config.stages)")
+    for stage in [config[n] for n in config.stages if n in config] if config.get("stages") else [config]:
+        for warning in numeric_warnings(stage):
+            log.warning(warning)
     if found:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(found))

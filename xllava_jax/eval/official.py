@@ -1,0 +1,245 @@
+"""Benchmarks read from their official release layouts and scored as the official scripts score them.
+
+- ``mme``: MME's eval_tool layout, a directory of ``<subtask>.txt`` files (``image<TAB>question<TAB>yes|no``,
+  two questions per image). MME's calculation.py: answer lower-cased; exactly "yes"/"no", else "yes" or "no"
+  within its first 4 characters, else "other"; per subtask acc (questions) + acc+ (images with both right), in
+  percent, summed over the 10 perception and the 4 cognition subtasks.
+- ``seed``: SEED-Bench.json (``questions`` with ``choice_a..d``, ``answer``, ``data_type``, ``data_id``,
+  ``question_type_id``; ``question_type`` name -> id); the image subset; LLaVA's prompt (question, "A. ..."
+  lines, the option-letter instruction); LLaVA's convert_seed_for_submission.py scoring: the answer text must
+  equal the letter; accuracy per dimension and overall.
+- ``scienceqa``: LLaVA's eval layout, a directory with ``llava_test_CQM-A.json`` (prompts), ``problems.json`` and
+  ``pid_splits.json``; the option-letter instruction appended (LLaVA's --single-pred-prompt); LLaVA's
+  eval_science_qa.py parsing (a bare letter, "X. ...", or one "The answer is X." match); headline: IMG accuracy.
+- ``textvqa``: TextVQA_0.5.1_val.json (``data``: question_id, image_id, question, answers, ocr_tokens); LLaVA-1.5's
+  prompt (question, "Reference OCR token: a, b, c", short-answer instruction); m4c_evaluator's TextVQA accuracy.
+- ``vizwiz``: VizWiz annotations (list of image, question, answers [{answer}]); LLaVA-1.5's prompt (the
+  "Unanswerable" line, then the short-answer instruction); VQA accuracy ("unanswerable" is an answer like any).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+from typing import Any, Sequence
+
+from xllava_jax.eval.benchmarks import (OPTION_LETTER, SHORT_ANSWER, Benchmark, instruction, mean, require,
+                                        vqa_answers, with_instruction)
+from xllava_jax.eval.metrics import vqa_accuracy
+from xllava_jax.infer.answers import Question
+
+MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
+                  "OCR")
+MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
+MME_IMAGES_SUBDIR = frozenset({"artwork", "celebrity", "landmark", "posters", "scene"})  # <subtask>/images/<file>
+VIZWIZ_UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
+SQA_OPTIONS = ("A", "B", "C", "D", "E")
+_SQA_ANSWER = re.compile(r"The answer is ([A-Z]).")
+
+
+def _read_json(path: str) -> Any:
+    """A JSON file, with an error naming it when absent."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# -- MME -------------------------------------------------------------------------------------------------------
+def load_mme(path: str) -> list[dict]:
+    """Records of MME's eval_tool directory (`<subtask>.txt`, image<TAB>question<TAB>answer lines)."""
+    if not os.path.isdir(path):
+        raise ValueError(f"mme: {path} must be MME's eval_tool directory of <subtask>.txt files")
+    records = []
+    for subtask in (*MME_PERCEPTION, *MME_COGNITION):
+        file = os.path.join(path, f"{subtask}.txt")
+        if not os.path.isfile(file):
+            continue
+        with open(file, encoding="utf-8") as f:
+            lines = [x.rstrip("\n") for x in f if x.strip()]
+        for n, line in enumerate(lines):
+            parts = line.split("\t")
+            if len(parts) < 3 or parts[2].strip().lower() not in ("yes", "no"):
+                raise ValueError(f"{file}:{n + 1}: expected image<TAB>question<TAB>yes|no, got {line[:120]!r}")
+            sub = f"{subtask}/images" if subtask in MME_IMAGES_SUBDIR else subtask
+            records.append({"question_id": f"{subtask}/{parts[0]}/{n}", "image": f"{sub}/{parts[0]}",
+                            "text": parts[1], "answer": parts[2].strip().lower(), "category": subtask,
+                            "image_name": parts[0]})
+    if not records:
+        raise ValueError(f"mme: no <subtask>.txt file in {path}")
+    return records
+
+
+def mme_items(record: dict, override: str | None) -> list[Question]:
+    """The question as MME writes it (it already asks for yes or no)."""
+    require(record, "question_id", "text", "answer", "category")
+    return [Question(record["question_id"], with_instruction(record["text"], override or ""), record.get("image"),
+                     {k: record[k] for k in ("answer", "category", "image_name") if k in record} | {"lang": "en"})]
+
+
+def mme_parse(text: str) -> str:
+    """MME's answer parsing: "yes"/"no" exactly, else the one within the first 4 characters, else "other"."""
+    text = text.lower()
+    if text in ("yes", "no"):
+        return text
+    return "yes" if "yes" in text[:4] else "no" if "no" in text[:4] else "other"
+
+
+def score_mme(questions: Sequence[Question], preds: Sequence[str]) -> dict:
+    """Per subtask acc + acc+ (percent), summed into the perception and cognition totals."""
+    by_task: dict[str, dict[str, list[bool]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    for q, p in zip(questions, preds):
+        by_task[q.metadata["category"]][q.metadata.get("image_name", q.question_id)].append(
+            mme_parse(p) == q.metadata["answer"])
+    subtasks = {}
+    for task, images in by_task.items():
+        answers = [ok for oks in images.values() for ok in oks]
+        acc, acc_plus = 100 * mean(answers), 100 * mean(all(oks) for oks in images.values())
+        subtasks[task] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus}
+    total = lambda names: sum(subtasks[t]["score"] for t in names if t in subtasks)  # noqa: E731
+    return {"perception": total(MME_PERCEPTION), "cognition": total(MME_COGNITION),
+            "total": total(MME_PERCEPTION) + total(MME_COGNITION), "subtasks": subtasks}
+
+
+# -- SEED-Bench ------------------------------------------------------------------------------------------------
+def load_seed(path: str) -> list[dict]:
+    """The image questions of SEED-Bench.json, with their dimension's name."""
+    data = _read_json(path)
+    if not isinstance(data, dict) or "questions" not in data:
+        raise ValueError(f"seed: {path} is not SEED-Bench.json (no 'questions')")
+    names = {v: k for k, v in data.get("question_type", {}).items()}
+    return [{**q, "image": f"SEED-Bench-image/{q['data_id']}", "dimension": names.get(q["question_type_id"],
+                                                                                         str(q["question_type_id"]))}
+            for q in data["questions"] if q.get("data_type", "image") == "image"]
+
+
+def seed_items(record: dict, override: str | None) -> list[Question]:
+    """LLaVA's SEED prompt: question, "A. ..." to "D. ..." lines, the option-letter instruction."""
+    require(record, "question_id", "question", "answer", "choice_a", "choice_b")
+    lines = [record["question"]] + [f"{k}. {record[f'choice_{k.lower()}']}" for k in "ABCD"
+                                    if record.get(f"choice_{k.lower()}") is not None]
+    text = with_instruction("\n".join(lines), instruction(OPTION_LETTER, record.get("lang", "en"), override))
+    return [Question(record["question_id"], text, record.get("image"),
+                     {"answer": record["answer"], "dimension": record.get("dimension", "?"),
+                      "lang": record.get("lang", "en")})]
+
+
+def score_seed(questions: Sequence[Question], preds: Sequence[str]) -> dict:
+    """Exact letter match (LLaVA's SEED conversion), per dimension and overall, in percent."""
+    by_dim: dict[str, list[bool]] = collections.defaultdict(list)
+    for q, p in zip(questions, preds):
+        by_dim[q.metadata["dimension"]].append(p == q.metadata["answer"])
+    return {"accuracy": 100 * mean(ok for oks in by_dim.values() for ok in oks),
+            "by_dimension": {d: 100 * mean(oks) for d, oks in sorted(by_dim.items())}}
+
+
+# -- ScienceQA -------------------------------------------------------------------------------------------------
+def load_scienceqa(path: str, split: str = "test") -> list[dict]:
+    """LLaVA's ScienceQA eval directory: prompts from llava_test_CQM-A.json, gold from problems.json (`split`)."""
+    prompts = {str(r["id"]): r for r in _read_json(os.path.join(path, "llava_test_CQM-A.json"))}
+    problems = _read_json(os.path.join(path, "problems.json"))
+    records = []
+    for pid in _read_json(os.path.join(path, "pid_splits.json"))[split]:
+        if pid not in prompts:
+            raise ValueError(f"scienceqa: problem {pid} has no prompt in llava_test_CQM-A.json")
+        prompt = prompts[pid]
+        human = next(t["value"] for t in prompt["conversations"] if t["from"] == "human")
+        records.append({"question_id": pid, "text": human.replace("<image>", "").strip(),
+                        "image": prompt.get("image"), "answer": problems[pid]["answer"],
+                        "num_choices": len(problems[pid]["choices"])})
+    return records
+
+
+def scienceqa_items(record: dict, override: str | None) -> list[Question]:
+    """The CQM-A prompt plus LLaVA's --single-pred-prompt instruction."""
+    require(record, "question_id", "text", "num_choices")
+    text = with_instruction(record["text"], instruction(OPTION_LETTER, record.get("lang", "en"), override))
+    return [Question(record["question_id"], text, record.get("image") or None,
+                     {"answer": int(record["answer"]), "num_choices": int(record["num_choices"]),
+                      "multimodal": bool(record.get("image")), "lang": record.get("lang", "en")})]
+
+
+def scienceqa_letter(text: str) -> str:
+    """LLaVA's eval_science_qa.py parsing: a bare letter, "X. ...", or exactly one "The answer is X."."""
+    if text in SQA_OPTIONS:
+        return text
+    if len(text) >= 3 and text[0] in SQA_OPTIONS and text[1:3] == ". ":
+        return text[0]
+    found = _SQA_ANSWER.findall(text)
+    return found[0] if len(found) == 1 else "FAILED"
+
+
+def score_scienceqa(questions: Sequence[Question], preds: Sequence[str]) -> dict:
+    """Accuracy (percent) over all questions and over those with an image (IMG, LLaVA-1.5's column)."""
+    right = []
+    for q, p in zip(questions, preds):
+        letter = scienceqa_letter(p)
+        idx = SQA_OPTIONS.index(letter) if letter in SQA_OPTIONS[:q.metadata["num_choices"]] else -1
+        right.append((idx == q.metadata["answer"], q.metadata["multimodal"]))
+    return {"img_accuracy": 100 * mean(ok for ok, mm in right if mm), "accuracy": 100 * mean(ok for ok, _ in right),
+            "img_questions": sum(mm for _, mm in right)}
+
+
+# -- TextVQA ---------------------------------------------------------------------------------------------------
+def load_textvqa(path: str) -> list[dict]:
+    """Questions of TextVQA_0.5.1_val.json (image train_images/<image_id>.jpg)."""
+    data = _read_json(path)
+    if not isinstance(data, dict) or "data" not in data:
+        raise ValueError(f"textvqa: {path} is not a TextVQA annotation file (no 'data')")
+    return [{**d, "text": d["question"], "image": f"train_images/{d['image_id']}.jpg"} for d in data["data"]]
+
+
+def textvqa_items(record: dict, override: str | None) -> list[Question]:
+    """LLaVA-1.5's TextVQA prompt: question, "Reference OCR token: ..." (when there are any), instruction."""
+    require(record, "question_id", "text", "answers")
+    text = record["text"]
+    if record.get("ocr_tokens"):
+        text += "\nReference OCR token: " + ", ".join(record["ocr_tokens"])
+    text = with_instruction(text, instruction(SHORT_ANSWER, record.get("lang", "en"), override))
+    return [Question(record["question_id"], text, record.get("image"),
+                     {"answers": record["answers"], "lang": record.get("lang", "en")})]
+
+
+def score_vqa_like(questions: Sequence[Question], preds: Sequence[str]) -> dict:
+    """Mean VQA accuracy (m4c_evaluator's TextVQA / VizWiz rule: EvalAI normalisation, leave one annotator out)."""
+    return {"accuracy": 100 * mean(vqa_accuracy(p, vqa_answers(q.metadata["answers"]))
+                                   for q, p in zip(questions, preds))}
+
+
+# -- VizWiz ----------------------------------------------------------------------------------------------------
+def load_vizwiz(path: str) -> list[dict]:
+    """VizWiz annotation records (val: with answers; test: without); the image name is the question id."""
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise ValueError(f"vizwiz: {path} is not a VizWiz annotation list")
+    return [{**d, "question_id": d["image"], "text": d["question"]} for d in data]
+
+
+def vizwiz_items(record: dict, override: str | None) -> list[Question]:
+    """LLaVA-1.5's VizWiz prompt: question, the 'Unanswerable' line, the short-answer instruction."""
+    require(record, "question_id", "text")
+    lang = record.get("lang", "en")
+    extra = override if override is not None else \
+        f"{VIZWIZ_UNANSWERABLE}\n{instruction(SHORT_ANSWER, lang, None)}"
+    return [Question(record["question_id"], with_instruction(record["text"], extra), record.get("image"),
+                     {"answers": record.get("answers") or [], "lang": lang})]
+
+
+def score_vizwiz(questions: Sequence[Question], preds: Sequence[str]) -> dict:
+    """VQA accuracy on questions with answers (val); the test split has none (write a submission instead)."""
+    scored = [(q, p) for q, p in zip(questions, preds) if q.metadata["answers"]]
+    out = score_vqa_like([q for q, _ in scored], [p for _, p in scored])
+    out["unanswerable_predicted"] = sum(p.strip().lower().rstrip(".") == "unanswerable" for p in preds)
+    out["scored"] = len(scored)
+    return out
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "mme": Benchmark("mme", mme_items, score_mme, "total", load_mme),
+    "seed": Benchmark("seed", seed_items, score_seed, "accuracy", load_seed),
+    "scienceqa": Benchmark("scienceqa", scienceqa_items, score_scienceqa, "img_accuracy", load_scienceqa),
+    "textvqa": Benchmark("textvqa", textvqa_items, score_vqa_like, "accuracy", load_textvqa),
+    "vizwiz": Benchmark("vizwiz", vizwiz_items, score_vizwiz, "accuracy", load_vizwiz),
+}

@@ -1,0 +1,118 @@
+"""python -m xllava_jax.experiments run --suite NAME[,NAME...|all] [--seeds N] [--quick] --out DIR [--config FILE]
+                                    report --out DIR   (rewrite report.md and plots from results.json)"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import ml_collections
+
+from xllava_jax.experiments.config import SUITES, apply_quick
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "experiments"
+
+
+def load_suite_config(suite: str, path: str | None = None) -> ml_collections.ConfigDict:
+    """get_config() of configs/experiments/<suite>.py (or `path`)."""
+    file = Path(path) if path else CONFIG_DIR / f"{suite}.py"
+    spec = importlib.util.spec_from_file_location(f"experiment_config_{suite}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def compilation_cache(directory: Path) -> None:
+    """JAX's persistent compilation cache in `directory`: arms whose stages compile the same program (same
+    shapes, same vocabulary) reuse it instead of compiling again (most of a --quick run's time)."""
+    import jax
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def override(c: ml_collections.ConfigDict, assignments: list[str]) -> ml_collections.ConfigDict:
+    """Apply 'dotted.key=value' assignments, each value parsed as the type of the knob it replaces."""
+    for a in assignments:
+        key, sep, value = a.partition("=")
+        flat = c.to_dict()
+        for part in key.split("."):
+            if not sep or not isinstance(flat, dict) or part not in flat:
+                raise ValueError(f"--set {a!r}: no knob {key!r} (knobs: xllava_jax/experiments/config.py)")
+            flat = flat[part]
+        kind = type(flat)
+        parsed = (value.lower() in ("1", "true", "yes")) if kind is bool else \
+            tuple(float(x) for x in value.split(",")) if kind is tuple else kind(value)
+        c.update_from_flattened_dict({key: parsed})
+    return c
+
+
+def run(suites: list[str], out: Path, seeds: int | None, quick: bool, config: str | None = None,
+        arms: str = "", cache: Path | None = None, assignments: list[str] = ()) -> dict:
+    """Run suites into `out` (results merged into DIR/results.json), then write the report; returns seconds."""
+    from xllava_jax.experiments import report
+    from xllava_jax.experiments.runner import run_suite
+    out.mkdir(parents=True, exist_ok=True)
+    compilation_cache(cache or out / "jax_cache")
+    seconds = {}
+    for suite in suites:
+        c = load_suite_config(suite, config)
+        if quick:
+            c = apply_quick(c)
+        if seeds is not None and not quick:
+            c.seeds = seeds
+        if arms:
+            c.arms = arms
+        c = override(c, list(assignments))
+        start = time.perf_counter()
+        result = run_suite(c, out)
+        report.save(out, suite, result)
+        if quick:
+            report.mark_quick(out, suite)
+        seconds[suite] = time.perf_counter() - start
+        print(f"[experiments] {suite}: {seconds[suite]:.0f} s", flush=True)
+    path = report.write_report(out)
+    print(f"[experiments] report: {path}", flush=True)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m xllava_jax.experiments", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train and evaluate suites, then write the report")
+    r.add_argument("--suite", required=True, help=f"comma list of {', '.join(SUITES)}, or all")
+    r.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the config's, 3)")
+    r.add_argument("--quick", action="store_true", help="one seed, a handful of steps: plumbing only, no claims")
+    r.add_argument("--out", required=True, type=Path)
+    r.add_argument("--config", default=None, help="a suite config file instead of configs/experiments/<suite>.py")
+    r.add_argument("--arms", default="", help="comma list restricting the arms")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a knob of the suite config, e.g. --set steps.stage2=600 (repeatable)")
+    r.add_argument("--jax-cache", default=None, type=Path, help="persistent compilation cache (default DIR/jax_cache)")
+    w = sub.add_parser("report", help="rewrite report.md and the plots from DIR/results.json")
+    w.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("xllava_jax.experiments").setLevel(logging.INFO)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if args.command == "report":
+        from xllava_jax.experiments.report import write_report
+        print(write_report(args.out))
+        return 0
+    suites = list(SUITES) if args.suite == "all" else [s.strip() for s in args.suite.split(",")]
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite(s) {unknown}; choose from {', '.join(SUITES)} or all")
+    run(suites, args.out, args.seeds, args.quick, args.config, args.arms, args.jax_cache, args.set)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
