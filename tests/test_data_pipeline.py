@@ -162,11 +162,12 @@ def test_length_grouping_keeps_modalities_apart():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 100, 64)
     mm = np.arange(64) % 2 == 0
-    order = length_grouped_order(lengths, mm, 4, rng, megabatch_mult=2)
+    order = length_grouped_order(lengths, mm, 8, rng)
     assert sorted(order) == list(range(64))
-    for c in range(0, 64, 8):
+    for c in range(0, 48, 8):  # 3 + 3 full batches; each modality's last batch goes into the final mixed pair
         chunk = order[c:c + 8]
         assert len(set(mm[chunk])) == 1 and list(lengths[chunk]) == sorted(lengths[chunk], reverse=True)
+    assert list(order[48:]) == sorted(order[48:])
 
 
 def test_mixture_weights_and_coverage():

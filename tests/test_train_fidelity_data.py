@@ -105,3 +105,38 @@ def test_long_documents_are_split_counted_and_resume_mid_document():
 @pytest.mark.parametrize("stage,pad", [(1, False), (2, True)])
 def test_llava15_recipes_pad_images_only_in_stage2(stage, pad):
     assert llava15_recipe(stage, "vicuna-7b-v1.5").data.pad_image is pad
+
+
+def mixture(n: int = 4096, seed: int = 0):
+    """A mix665k-like mixture: 70% image conversations (long, varied), 30% text-only (shorter)."""
+    rng = np.random.default_rng(seed)
+    mm = rng.random(n) < 0.7
+    lengths = np.where(mm, rng.lognormal(5.3, 0.6, n), rng.lognormal(4.6, 0.8, n)).astype(int) + 1
+    return lengths, mm
+
+
+def batch_stats(order, lengths, mm, batch, devices):
+    """(modality-pure share of full batches, std of image batches' mean length, worst device-total ratio)."""
+    full = len(order) // batch - 2  # the last two hold each modality's remainder (LLaVA's mixed final batch)
+    pure, means, ratios = 0, [], []
+    for b in range(full):
+        rows = order[b * batch:(b + 1) * batch]
+        pure += len(set(mm[rows])) == 1
+        if mm[rows].all():
+            means.append(lengths[rows].mean())
+        totals = lengths[rows].reshape(devices, -1).sum(axis=1)
+        ratios.append(totals.max() / totals.min())
+    return pure / full, float(np.std(means)), float(np.max(ratios))
+
+
+def test_group_by_length_matches_llava_modality_grouping():
+    from xllava_jax.data.length_grouping import length_grouped_order
+    lengths, mm = mixture()
+    batch, devices = 128, 8
+    order = length_grouped_order(lengths, mm, batch, np.random.default_rng(1), devices)
+    assert sorted(order) == list(range(len(lengths)))
+    pure, spread, worst = batch_stats(order, lengths, mm, batch, devices)
+    random_spread = lengths[mm].std() / np.sqrt(batch)  # batch means of random image batches
+    assert pure == 1.0  # one modality per batch
+    assert spread < 1.5 * random_spread, (spread, random_spread)  # no long-to-short cycling (was ~9x)
+    assert worst < 1.1, worst  # lengths spread evenly over the devices (contiguous sorted rows: ~2-5x)

@@ -15,7 +15,7 @@ import numpy as np
 from xllava_jax.data.length_grouping import length_grouped_order, record_length
 from xllava_jax.data.processing import PIECES, SKIP
 from xllava_jax.data.report import DataError, DataStats
-from xllava_jax.data.sequences import collate, fits, num_images
+from xllava_jax.data.sequences import bucket_length, collate, fits, num_images
 
 FOREVER = 1_000_000  # epochs when num_epochs is None
 
@@ -51,6 +51,7 @@ class EpochOrder:
     group_by_length: int = 0  # global batch size for length grouping (0 = off)
     lengths: np.ndarray | None = None
     multimodal: np.ndarray | None = None
+    length_chunks: int = 1  # devices a global batch is split over (length grouping spreads lengths over them)
 
     def permutation(self, epoch: int) -> np.ndarray:
         """Global order of epoch `epoch` (record indices)."""
@@ -74,22 +75,24 @@ def _permutation(order: EpochOrder, epoch: int) -> np.ndarray:
         return np.arange(n)
     rng = np.random.default_rng([order.seed, epoch])
     if order.group_by_length:
-        return length_grouped_order(order.lengths, order.multimodal, order.group_by_length, rng)
+        return length_grouped_order(order.lengths, order.multimodal, order.group_by_length, rng, order.length_chunks)
     return rng.permutation(n)
 
 
 def record_dataset(source: Any, *, seed: int = 0, shuffle: bool = True, num_epochs: int | None = 1,
                    shard_index: int | None = None, shard_count: int | None = None,
-                   group_by_length: int = 0, block: int = 1) -> grain.MapDataset:
+                   group_by_length: int = 0, block: int = 1, length_chunks: int = 1) -> grain.MapDataset:
     """MapDataset of this process's records over `num_epochs` epochs of one global seeded order; shards take
-    `block` consecutive positions in turn (shards partition every epoch; `group_by_length` = global batch)."""
+    `block` consecutive positions in turn (shards partition every epoch; `group_by_length` = global batch,
+    split over `length_chunks` devices)."""
     index, count = process_shard(shard_index, shard_count)
     lengths = multimodal = None
     if group_by_length:
         recs = [source[i] for i in range(len(source))]
         lengths = np.array([record_length(r) for r in recs])
         multimodal = np.array([bool(r.get("image") or r.get("image_bytes")) for r in recs])
-    order = EpochOrder(source, index, count, block, seed, shuffle, group_by_length, lengths, multimodal)
+    order = EpochOrder(source, index, count, block, seed, shuffle, group_by_length, lengths, multimodal,
+                       length_chunks)
     total = len(source) * (num_epochs or FOREVER)
     return grain.MapDataset.range(local_length(total, index, count, block)).map(order)
 
@@ -106,6 +109,7 @@ class BatchSpec:
     image_shape: tuple[int, int, int] = (336, 336, 3)
     drop_remainder: bool = True
     max_consecutive_skips: int = 0  # this many bad records in a row raise DataError (0: never); make_pipeline: 2 x shard
+    buckets: tuple[int, ...] = ()  # pad each batch to the smallest of these lengths its rows fit (else max_len)
 
 
 class BatchDataset(grain.IterDataset):
@@ -197,7 +201,9 @@ class BatchIterator(grain.DatasetIterator):
         for row in rows:
             for ex in row:
                 self.stats.count(ex)
-        batch = collate(rows, self.spec.batch_size, self.spec.max_len, self.spec.pad_id,
+        longest = max(sum(len(ex["input_ids"]) for ex in row) for row in rows)
+        batch = collate(rows, self.spec.batch_size, bucket_length(longest, self.spec.buckets, self.spec.max_len),
+                        self.spec.pad_id,
                         self.spec.max_images_per_row, self.spec.image_shape)
         batch["num_samples"] = np.int32(sum(len(r) for r in rows))
         return batch
@@ -233,12 +239,13 @@ def _ensure_absl_flags_parsed() -> None:
 def make_pipeline(source: Any, process: Callable[[dict], dict], spec: BatchSpec, *, seed: int = 0,
                   shuffle: bool = True, num_epochs: int | None = 1, shard_index: int | None = None,
                   shard_count: int | None = None, group_by_length: bool = False, num_workers: int = 0,
-                  stats: DataStats | None = None) -> BatchDataset:
-    """The whole data pipeline: iterate it (iter(...)) for batches; `stats` collects skip/truncation counts."""
+                  stats: DataStats | None = None, length_chunks: int = 0) -> BatchDataset:
+    """The whole data pipeline: iterate it (iter(...)) for batches; `stats` collects skip/truncation counts;
+    `length_chunks`: devices a global batch is split over, for group_by_length (0: the shards)."""
     index, count = process_shard(shard_index, shard_count)
     ds = record_dataset(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs, shard_index=index,
                         shard_count=count, group_by_length=spec.batch_size * count if group_by_length else 0,
-                        block=spec.batch_size)
+                        block=spec.batch_size, length_chunks=length_chunks or count)
     ids = ds.map(process).to_iter_dataset()
     if num_workers > 0:
         _ensure_absl_flags_parsed()

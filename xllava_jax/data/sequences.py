@@ -51,6 +51,11 @@ def fits(row: Sequence[dict], example: dict, max_len: int, max_images: int) -> b
             and sum(num_images(e) for e in row) + num_images(example) <= max_images)
 
 
+def bucket_length(longest: int, buckets: Sequence[int], max_len: int) -> int:
+    """The smallest of `buckets` that holds `longest` tokens (max_len when none does, or without buckets)."""
+    return min([b for b in buckets if b >= longest], default=max_len)
+
+
 def collate(rows: Sequence[Sequence[dict]], batch_size: int, max_len: int, pad_id: int,
             max_images_per_row: int, image_shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
     """Batch of `rows` (each a list of examples packed together), right-padded to [batch_size, max_len]."""

@@ -18,11 +18,45 @@ JUDGE_ENV = ("The judge API comes from JUDGE_BASE_URL / JUDGE_MODEL / JUDGE_API_
              "settings), each falling back to the OPENAI_* variable; flags override. The key is never printed.")
 
 
-def judge_client(args: argparse.Namespace) -> ChatClient:
-    """Client from OPENAI_*, then JUDGE_*, then flags."""
-    overrides = {k: getattr(args, k) for k in ("base_url", "model", "concurrency", "budget_usd", "timeout_s")}
-    cfg = ApiConfig.from_env("JUDGE", fallback_prefix="OPENAI", temperature=0.0, max_tokens=512, **overrides)
+JUDGE_FLAGS = ("base_url", "model", "concurrency", "budget_usd", "timeout_s")
+
+
+def judge_client(args: argparse.Namespace, prefix: str = "", temperature: float = 0.0,
+                 max_tokens: int = 512) -> ChatClient:
+    """Client from OPENAI_*, then JUDGE_*, then the flags `--<prefix><setting>`; replies stored in OUT."""
+    overrides = {k: getattr(args, prefix + k, None) for k in JUDGE_FLAGS}
+    cfg = ApiConfig.from_env("JUDGE", fallback_prefix="OPENAI", temperature=temperature, max_tokens=max_tokens,
+                             **overrides)
     return ChatClient(cfg, store=os.path.join(args.out, REPLIES_FILE))
+
+
+def add_review_args(p: argparse.ArgumentParser) -> None:
+    """The judge flags of the judged benchmarks (llava_bench, ko_open)."""
+    g = p.add_argument_group("judge (llava_bench, ko_open)", JUDGE_ENV)
+    g.add_argument("--judge_base_url", help="judge API base URL")
+    g.add_argument("--judge_model", help="judge model (LLaVA used gpt-4-0314; ko_open's judge sees the image)")
+    g.add_argument("--judge_concurrency", type=int, help="requests in flight")
+    g.add_argument("--judge_budget_usd", type=float, help="stop once this much is spent, counting earlier runs into "
+                                                          "the same --out (OUT/replies.jsonl)")
+    g.add_argument("--judge_timeout_s", type=float, help="per-request timeout")
+
+
+def make_reviewer(args: argparse.Namespace, benchmark: str):
+    """The judge of a judged benchmark (LLaVA's review settings, replies stored in OUT), else None."""
+    from xllava_jax.eval.benchmarks import get_benchmark
+    from xllava_jax.eval.review import REVIEW_MAX_TOKENS, REVIEW_TEMPERATURE, Reviewer
+    if not get_benchmark(benchmark).judged:
+        return None
+    client = judge_client(args, "judge_", temperature=REVIEW_TEMPERATURE, max_tokens=REVIEW_MAX_TOKENS)
+    return Reviewer(client, image_root=args.image_root, out_dir=args.out)
+
+
+def print_scores(scores: dict) -> None:
+    """The per-language table (stderr) and the scores (stdout, JSON)."""
+    if "per_language" in scores:
+        from xllava_jax.eval.metrics import language_table
+        print(language_table(scores, scores["metric"]), file=sys.stderr)
+    print(json.dumps(scores, ensure_ascii=False))
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
@@ -36,25 +70,43 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Answer and score one benchmark."""
-    from xllava_jax.eval.benchmarks import load_benchmark_records
-    from xllava_jax.eval.runner import evaluate
+    from xllava_jax.eval.benchmarks import get_benchmark, load_benchmark_records
+    from xllava_jax.eval.runner import EVAL_CONFIG, evaluate
     from xllava_jax.infer.__main__ import build_engine, generation_config
     from xllava_jax.infer.answers import checkpoint_identity
     from xllava_jax.infer.prompts import trained_prompting
 
+    bench = get_benchmark(args.benchmark)
+    records = load_benchmark_records(bench, args.data)
+    reviewer = make_reviewer(args, args.benchmark)  # judge settings checked before the model loads
+    args.max_new_tokens = args.max_new_tokens or bench.max_new_tokens or EVAL_CONFIG.max_new_tokens
     engine = build_engine(args)  # resolves --template (default: the checkpoint's training template)
-    instruction = args.instruction if args.instruction is not None else \
-        trained_prompting(args.checkpoint).get("instruction")
-    scores = evaluate(engine.model, engine.params, engine.tokenizer, args.benchmark,
-                      load_benchmark_records(args.benchmark, args.data),
-                      image_root=args.image_root, template=args.template, config=generation_config(args),
+    instruction = args.instruction  # open-ended (judged) benchmarks never get the trained short-answer line
+    if instruction is None and not bench.judged:
+        instruction = trained_prompting(args.checkpoint).get("instruction")
+    config = generation_config(args)
+    scores = evaluate(engine.model, engine.params, engine.tokenizer, bench, records,
+                      image_root=args.image_root, template=args.template, config=config,
                       out_dir=args.out, instruction=instruction, default_lang=args.lang, mesh=engine.mesh,
                       model_id=args.model_id or args.checkpoint, progress=not args.no_progress,
-                      checkpoint=checkpoint_identity(engine.params, args.checkpoint))
-    if "per_language" in scores:
-        from xllava_jax.eval.metrics import language_table
-        print(language_table(scores, scores["metric"]), file=sys.stderr)
-    print(json.dumps(scores, ensure_ascii=False))
+                      checkpoint=checkpoint_identity(engine.params, args.checkpoint), reviewer=reviewer)
+    print_scores(scores)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score an existing answers file (no model); judged benchmarks ask the judge."""
+    from xllava_jax.datagen.store import read_jsonl
+    from xllava_jax.eval.benchmarks import build_questions, get_benchmark, load_benchmark_records
+    from xllava_jax.eval.runner import score_answers, write_scores
+
+    bench = get_benchmark(args.benchmark)
+    questions = build_questions(bench, load_benchmark_records(bench, args.data), args.instruction, args.lang)
+    by_id = {str(r["question_id"]): r["text"] for r in read_jsonl(args.answers)}
+    answers = {q.question_id: by_id[str(q.question_id)] for q in questions if str(q.question_id) in by_id}
+    scores = score_answers(bench, questions, answers, make_reviewer(args, args.benchmark))
+    write_scores(args.out, scores, bench)
+    print_scores(scores)
     return 0
 
 
@@ -80,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     from xllava_jax.infer.__main__ import add_model_args
 
     r = sub.add_parser("run", help="answer and score a benchmark (vqav2, gqa, pope, mmbench, bvqa, mme, seed, "
-                                   "scienceqa, textvqa, vizwiz; multilingual when records carry lang)",
+                                   "scienceqa, textvqa, vizwiz, xllava_bvqa; llava_bench and ko_open scored by a "
+                                   "judge; multilingual when records carry lang)",
                        description="Writes OUT/answers.jsonl (resumable) and OUT/scores.json.")
     add_model_args(r, max_new_tokens=128)
+    r.set_defaults(max_new_tokens=None)  # None: the benchmark's (128; LLaVA-Bench, ko_open 1024)
     r.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS), help="which benchmark's scoring")
     r.add_argument("--data", required=True, help="benchmark file (.jsonl, .json or MMBench .tsv) or the official "
                                                  "release file/directory (docs/evaluation.md)")
@@ -90,10 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output directory")
     r.add_argument("--instruction", help="replace the instruction line after each question ('' = none; default: "
                                          "the one the checkpoint was trained with, else the benchmark's)")
-    r.add_argument("--lang", default="en", help="language of records without a lang field")
+    r.add_argument("--lang", help="language of records without a lang field (default en; ko_open: ko)")
     r.add_argument("--model_id", help="model_id written in each answer (default: the checkpoint path)")
     r.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_review_args(r)
     r.set_defaults(fn=cmd_run)
+    s = sub.add_parser("score", help="score an existing answers file without the model (judged benchmarks ask the "
+                                     "judge; a rerun pays nothing twice)",
+                       description="Writes OUT/scores.json (and OUT/reviews.jsonl, OUT/replies.jsonl when judged).")
+    s.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS), help="which benchmark's scoring")
+    s.add_argument("--data", required=True, help="benchmark file or official release file/directory")
+    s.add_argument("--answers", required=True, help="answers JSONL (question_id, text), e.g. eval run's "
+                                                    "OUT/answers.jsonl or LLaVA's answer file")
+    s.add_argument("--image_root", help="directory the record images are relative to (ko_open's judge sees them)")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--instruction", help="the instruction line the answers were asked with (prompts only)")
+    s.add_argument("--lang", help="language of records without a lang field (default en; ko_open: ko)")
+    add_review_args(s)
+    s.set_defaults(fn=cmd_score)
     u = sub.add_parser("submit", help="write a test-set upload file (VQAv2 test-dev JSON, VizWiz test JSON, "
                                       "MMBench / MMBench-CN .xlsx or .tsv) as LLaVA's conversion scripts do")
     u.add_argument("--benchmark", required=True, choices=("vqav2", "vizwiz", "mmbench"),

@@ -42,9 +42,12 @@ class Benchmark:
 
     name: str
     items: Callable[[dict, str | None], list[Question]]  # (record, instruction override) -> questions
-    score: Callable[[Sequence[Question], Sequence[str]], dict]  # metrics of (questions, predictions)
+    score: Callable[..., dict]  # metrics of (questions, predictions[, reviewer when judged])
     metric: str  # the headline metric in the score dict
     load: Callable[[str], list[dict]] | None = None  # records of the official release layout (default read_records)
+    judged: bool = False  # scored by a judge: score(questions, predictions, reviewer) (eval/review.py)
+    max_new_tokens: int | None = None  # answer length the official evaluation allows (None: EVAL_CONFIG's 128)
+    default_lang: str = "en"  # language of records without a lang field (when --lang is not given)
 
 
 def instruction(table: Mapping[str, str], lang: str, override: str | None) -> str:
@@ -195,12 +198,12 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 
 def _register_official() -> None:
-    """Add the benchmarks read from official layouts (eval/official.py, which builds on this module)."""
-    from xllava_jax.eval import official
+    """Add the benchmarks read from official layouts and the judged ones (eval/official.py, eval/review.py, which
+    build on this module)."""
+    from xllava_jax.eval import official, review
     BENCHMARKS.update(official.BENCHMARKS)
+    BENCHMARKS.update(review.BENCHMARKS)
 
-
-_register_official()
 
 
 def load_benchmark_records(benchmark: str | Benchmark, path: str | os.PathLike) -> list[dict]:
@@ -256,14 +259,18 @@ def read_records(path: str | os.PathLike) -> list[dict]:
 
 
 def build_questions(benchmark: Benchmark, records: Sequence[dict], instruction_override: str | None = None,
-                    default_lang: str = "en") -> list[Question]:
-    """Every question of a benchmark's records (parallel records expanded per language)."""
+                    default_lang: str | None = None) -> list[Question]:
+    """Every question of a benchmark's records (parallel records expanded per language; records without `lang`
+    are in `default_lang`, else the benchmark's default language)."""
     out: list[Question] = []
     for record in records:
         for rec in expand_parallel(record):
-            out += benchmark.items({"lang": default_lang, **rec}, instruction_override)
+            out += benchmark.items({"lang": default_lang or benchmark.default_lang, **rec}, instruction_override)
     ids = [q.question_id for q in out]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"{benchmark.name}: question id {dup!r} appears more than once")
     return out
+
+
+_register_official()  # last: official.py and review.py import this module's functions

@@ -13,6 +13,12 @@
   eval_science_qa.py parsing (a bare letter, "X. ...", or one "The answer is X." match); headline: IMG accuracy.
 - ``textvqa``: TextVQA_0.5.1_val.json (``data``: question_id, image_id, question, answers, ocr_tokens); LLaVA-1.5's
   prompt (question, "Reference OCR token: a, b, c", short-answer instruction); m4c_evaluator's TextVQA accuracy.
+- ``xllava_bvqa``: X-LLaVA's BVQA evaluation, i.e. BOK-VQA (Kim et al., 2024; bilingual outside-knowledge VQA),
+  BVQA^k (Korean questions) and BVQA^e (English): the release's ``BOKVQA_data_test_{ko,en}.csv`` (img_path,
+  question, h, r, t, answer; a directory holding both, or one file whose name ends in ``_ko``/``_en``), or JSONL
+  (question_id, image, text, answer, lang). Not LRM-LLaVA's BVQA training task (benchmark ``bvqa``). X-LLaVA
+  converted it to VIF as LLaVA-1.5 does VQA and scored accuracy: the short-answer instruction, exact match after
+  EvalAI normalisation (articles, punctuation; a final full stop of any script ignored), percent, per language.
 - ``vizwiz``: VizWiz annotations (list of image, question, answers [{answer}]); LLaVA-1.5's prompt (the
   "Unanswerable" line, then the short-answer instruction); VQA accuracy ("unanswerable" is an answer like any).
 """
@@ -25,8 +31,8 @@ import os
 import re
 from typing import Any, Sequence
 
-from xllava_jax.eval.benchmarks import (OPTION_LETTER, SHORT_ANSWER, Benchmark, instruction, mean, require,
-                                        vqa_answers, with_instruction)
+from xllava_jax.eval.benchmarks import (OPTION_LETTER, SHORT_ANSWER, Benchmark, instruction, mean, read_records,
+                                        require, short_answer_items, short_match, vqa_answers, with_instruction)
 from xllava_jax.eval.metrics import vqa_accuracy
 from xllava_jax.infer.answers import Question
 
@@ -236,10 +242,52 @@ def score_vizwiz(questions: Sequence[Question], preds: Sequence[str]) -> dict:
     return out
 
 
+# -- X-LLaVA's BVQA (BOK-VQA) ----------------------------------------------------------------------------------
+BOKVQA_TEST = {"ko": "BOKVQA_data_test_ko.csv", "en": "BOKVQA_data_test_en.csv"}
+
+
+def _bokvqa_csv(path: str, lang: str | None) -> list[dict]:
+    """Rows of one BOK-VQA CSV (img_path, question, h, r, t, answer) as records; ids `<lang or file>/<row>`."""
+    import csv
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f))
+    prefix = lang or os.path.splitext(os.path.basename(path))[0]
+    out = []
+    for i, row in enumerate(rows):
+        if not row.get("img_path") or not row.get("question") or row.get("answer") in (None, ""):
+            raise ValueError(f"{path}:{i + 2}: expected img_path, question and answer columns")
+        out.append({"question_id": f"{prefix}/{i}", "image": os.path.basename(row["img_path"]),
+                    "text": row["question"], "answer": row["answer"],
+                    **({"lang": lang} if lang else {}), **{k: row[k] for k in ("h", "r", "t") if k in row}})
+    return out
+
+
+def load_xllava_bvqa(path: str) -> list[dict]:
+    """BOK-VQA test records: a directory with BOKVQA_data_test_ko.csv and/or _en.csv, one such CSV (language from
+    its name's `_ko` / `_en` ending, else --lang), or JSONL / JSON records."""
+    if os.path.isdir(path):
+        found = [(lang, os.path.join(path, name)) for lang, name in BOKVQA_TEST.items()
+                 if os.path.isfile(os.path.join(path, name))]
+        if not found:
+            raise ValueError(f"xllava_bvqa: {path} holds neither {' nor '.join(BOKVQA_TEST.values())}")
+        return [r for lang, file in found for r in _bokvqa_csv(file, lang)]
+    if path.endswith(".csv"):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        return _bokvqa_csv(path, next((lang for lang in BOKVQA_TEST if stem.endswith(f"_{lang}")), None))
+    return [{**r, "text": r.get("text", r.get("question"))} for r in read_records(path)]
+
+
+def score_xllava_bvqa(questions: Sequence[Question], preds: Sequence[str]) -> dict:
+    """Accuracy (percent): exact match after EvalAI normalisation, a final full stop of any script ignored."""
+    return {"accuracy": 100 * mean(short_match(p, q.metadata["answer"]) for q, p in zip(questions, preds))}
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     "mme": Benchmark("mme", mme_items, score_mme, "total", load_mme),
     "seed": Benchmark("seed", seed_items, score_seed, "accuracy", load_seed),
     "scienceqa": Benchmark("scienceqa", scienceqa_items, score_scienceqa, "img_accuracy", load_scienceqa),
     "textvqa": Benchmark("textvqa", textvqa_items, score_vqa_like, "accuracy", load_textvqa),
     "vizwiz": Benchmark("vizwiz", vizwiz_items, score_vizwiz, "accuracy", load_vizwiz),
+    "xllava_bvqa": Benchmark("xllava_bvqa", short_answer_items(["answer"]), score_xllava_bvqa, "accuracy",
+                             load_xllava_bvqa),
 }

@@ -3,6 +3,7 @@ overall and per language (non-English average as LRM-LLaVA reports)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -25,13 +26,18 @@ LANGUAGES_FILE = "languages.md"  # per-language table with the non-English avera
 EVAL_CONFIG = GenerationConfig(max_new_tokens=128)  # LLaVA's evaluation: greedy, 128 new tokens
 
 
-def score_answers(benchmark: Benchmark, questions: Sequence[Question], answers: dict[Any, str]) -> dict:
-    """Scores of `answers` {question_id: text}: overall, and per language when there are several."""
+def score_answers(benchmark: Benchmark, questions: Sequence[Question], answers: dict[Any, str],
+                  reviewer: Any = None) -> dict:
+    """Scores of `answers` {question_id: text}: overall, and per language when there are several. A judged
+    benchmark needs `reviewer` (eval.review.Reviewer), which asks each review once."""
     missing = [q.question_id for q in questions if q.question_id not in answers]
     if missing:
         raise ValueError(f"{benchmark.name}: {len(missing)} questions have no answer, e.g. {missing[0]!r}")
+    if benchmark.judged and reviewer is None:
+        raise ValueError(f"{benchmark.name} is scored by a judge: give a reviewer (eval/review.py)")
+    score = (lambda qs, ps: benchmark.score(qs, ps, reviewer)) if benchmark.judged else benchmark.score
     preds = [answers[q.question_id] for q in questions]
-    overall = benchmark.score(questions, preds)
+    overall = score(questions, preds)
     scores: dict[str, Any] = {"benchmark": benchmark.name, "metric": benchmark.metric, "questions": len(questions),
                               "score": overall[benchmark.metric], "overall": overall}
     langs = sorted({q.metadata.get("lang", "en") for q in questions})
@@ -39,25 +45,42 @@ def score_answers(benchmark: Benchmark, questions: Sequence[Question], answers: 
         by_lang = {}
         for lang in langs:
             rows = [(q, p) for q, p in zip(questions, preds) if q.metadata.get("lang", "en") == lang]
-            by_lang[lang] = benchmark.score([q for q, _ in rows], [p for _, p in rows])
+            by_lang[lang] = score([q for q, _ in rows], [p for _, p in rows])
         scores["by_language"] = by_lang
         scores.update(language_summary({k: v[benchmark.metric] for k, v in by_lang.items()}))
     return scores
 
 
+def eval_config(benchmark: Benchmark) -> GenerationConfig:
+    """EVAL_CONFIG with the benchmark's answer length (LLaVA-Bench: 1024 new tokens)."""
+    return dataclasses.replace(EVAL_CONFIG, max_new_tokens=benchmark.max_new_tokens or EVAL_CONFIG.max_new_tokens)
+
+
+def write_scores(directory: str | os.PathLike, scores: dict, benchmark: Benchmark) -> None:
+    """`directory/scores.json`, and `languages.md` (the per-language table) when there are several languages."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / SCORES_FILE).write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if "per_language" in scores:
+        (directory / LANGUAGES_FILE).write_text(language_table(scores, benchmark.metric), encoding="utf-8")
+
+
 def evaluate(model: Any, params: Any, tokenizer: Any, benchmark: str | Benchmark, records: Sequence[dict], *,
-             image_root: str | None = None, template: str = DEFAULT_TEMPLATE, config: GenerationConfig = EVAL_CONFIG,
-             out_dir: str | os.PathLike | None = None, instruction: str | None = None, default_lang: str = "en",
+             image_root: str | None = None, template: str = DEFAULT_TEMPLATE, config: GenerationConfig | None = None,
+             out_dir: str | os.PathLike | None = None, instruction: str | None = None, default_lang: str | None = None,
              mesh: Mesh | None = None, model_id: str = "xllava", progress: bool = False,
-             checkpoint: dict[str, Any] | None = None, fresh: bool = False) -> dict:
+             checkpoint: dict[str, Any] | None = None, fresh: bool = False, reviewer: Any = None) -> dict:
     """Answer a benchmark's records with the model and return its scores.
 
     With `out_dir`, answers go to `out_dir/answers.jsonl` (resumable: answered ids are skipped) and scores to
     `out_dir/scores.json`. `instruction` replaces the benchmark's instruction line ("" for none, e.g. for a
     model trained without it). `checkpoint` identifies the weights (default: a fingerprint of `params`); an
     answers file written by other weights is refused, and `fresh` discards it first (answer everything anew).
+    `config` defaults to greedy decoding with the benchmark's answer length; a judged benchmark (llava_bench,
+    ko_open) needs `reviewer` (eval.review.Reviewer).
     """
     bench = get_benchmark(benchmark)
+    config = config or eval_config(bench)
     questions = build_questions(bench, records, instruction, default_lang)
     engine = Engine(model, params, tokenizer, mesh)
     with tempfile.TemporaryDirectory() as scratch:
@@ -69,10 +92,7 @@ def evaluate(model: Any, params: Any, tokenizer: Any, benchmark: str | Benchmark
         answer_questions(engine, get_template(template), questions, answers_path, image_root=image_root,
                          model_id=model_id, config=config, progress=progress, checkpoint=checkpoint)
         answers = {r["question_id"]: r["text"] for r in read_jsonl(answers_path)}
-        scores = score_answers(bench, questions, answers)
+        scores = score_answers(bench, questions, answers, reviewer)
         if out_dir is not None:
-            (directory / SCORES_FILE).write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n",
-                                                 encoding="utf-8")
-            if "per_language" in scores:
-                (directory / LANGUAGES_FILE).write_text(language_table(scores, bench.metric), encoding="utf-8")
+            write_scores(directory, scores, bench)
     return scores

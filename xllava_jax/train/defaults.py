@@ -64,6 +64,7 @@ def data_config() -> ml_collections.ConfigDict:
     d.image_root = ""  # image directory (default: data.root)
     d.template = "vicuna_v1"  # conversation template: plain | vicuna_v1 | llava_llama_2
     d.max_len = 2048  # tokens per row
+    d.length_buckets = ()  # pad each batch to the smallest of these lengths that fits (one compile each); () = max_len
     d.pack = False  # pack several samples into a row (segment ids keep them apart); epochs count packed rows
     d.split_documents = True  # text documents longer than max_len are split into pieces (False: truncated)
     d.max_images_per_row = 1  # image slots per row (with packing, the most images a packed row holds)
@@ -166,6 +167,7 @@ def llava15_recipe(stage: int, llm: str, *, vision: str = "clip-vit-large-patch1
         c.data.update(files=("blip_laion_cc_sbu_558k.json",), template="plain", image_root=f"{data_dir}/LLaVA-Pretrain/images")
         c.train.batch_size = 256
         c.optim.lr = 1e-3
+        c.data.length_buckets = (640, 768, 1024, 1536)  # plain rows are ~580-700 tokens, not 2048
     else:
         c.init.update(source="checkpoint", checkpoint=stage1_workdir or "workdirs/llava15_stage1")
         c.data.update(files=("llava_v1_5_mix665k.json",), template="vicuna_v1", group_by_length=True)

@@ -81,7 +81,7 @@ def _processor_and_spec(d: ml_collections.ConfigDict, tok: Tokenizer, cfg: Model
                                 d.pad_image, load_images=load_images and bool(size),
                                 split_documents=d.split_documents)
     spec = BatchSpec(global_batch // jax.process_count(), d.max_len, tok.pad_id, d.pack, d.max_images_per_row,
-                     (size or 1, size or 1, 3))
+                     (size or 1, size or 1, 3), buckets=tuple(d.length_buckets))
     return processor, spec
 
 
@@ -90,7 +90,8 @@ def make_iterator(d: ml_collections.ConfigDict, source: Any, tok: Tokenizer, cfg
     """This process's batch iterator (endless: epochs repeat in fresh seeded orders); get_state/set_state."""
     processor, spec = _processor_and_spec(d, tok, cfg, global_batch)
     return iter(make_pipeline(source, processor, spec, seed=seed, shuffle=shuffle and d.shuffle, num_epochs=None,
-                              group_by_length=d.group_by_length, num_workers=d.num_workers))
+                              group_by_length=d.group_by_length, num_workers=d.num_workers,
+                              length_chunks=jax.device_count()))
 
 
 def rows_per_epoch(d: ml_collections.ConfigDict, source: Any, tok: Tokenizer, cfg: ModelConfig, global_batch: int,
@@ -103,7 +104,8 @@ def rows_per_epoch(d: ml_collections.ConfigDict, source: Any, tok: Tokenizer, cf
     spec = dataclasses.replace(spec, drop_remainder=False)
     rows = 0
     for batch in make_pipeline(source, processor, spec, seed=seed, shuffle=d.shuffle, num_epochs=1,
-                               group_by_length=d.group_by_length, num_workers=d.num_workers):
+                               group_by_length=d.group_by_length, num_workers=d.num_workers,
+                               length_chunks=jax.device_count()):
         rows += int((batch["attention_mask"].sum(axis=1) > 0).sum())
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils

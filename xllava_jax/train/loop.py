@@ -70,6 +70,12 @@ class Preempted:
             signal.signal(signal.SIGTERM, self.previous)
 
 
+def _nonfinite(streak: int, step: int, config: ml_collections.ConfigDict, saved: int) -> NonFiniteError:
+    """The error that stops a run after `streak` non-finite steps in a row ending at `step`."""
+    return NonFiniteError(f"{streak} non-finite steps in a row at step {step} (train.max_nonfinite="
+                          f"{config.train.max_nonfinite}); last good checkpoint: step {saved}")
+
+
 def _abstract_batch(batch: dict) -> dict:
     """Shapes and dtypes of a global batch."""
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
@@ -167,9 +173,12 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
                 stop = preempted.anywhere(done % config.train.sigterm_check_steps == 0 or done == total)
                 save = done % config.checkpoint.every_steps == 0 or done == total or stop
                 # no per-step wait for the device: read the previous step's streak (step `done` runs on while the
-                # host builds the next batch), this step's only before a save
-                watched = metrics if save or previous is None else previous
-                streak, previous = int(jax.device_get(watched["nonfinite_streak"])), metrics
+                # host builds the next batch), this step's too only before a save
+                streak = int(jax.device_get(previous["nonfinite_streak"])) if previous is not None else 0
+                if streak >= config.train.max_nonfinite:
+                    raise _nonfinite(streak, done - 1, config, saved)
+                streak = int(jax.device_get(metrics["nonfinite_streak"])) if save else streak
+                previous = metrics
                 do_eval = bool(config.eval.every_steps and config.eval_data.files
                                and done % config.eval.every_steps == 0)
                 if done % config.log.every_steps == 0 or done == total or stop or do_eval or streak:
@@ -188,10 +197,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
                     writer.write(done, last)
                     tick, ticked, samples = time.perf_counter(), done, 0
                 if streak >= config.train.max_nonfinite:
-                    raise NonFiniteError(f"{streak} non-finite steps in a row at step "
-                                         f"{done if watched is metrics else done - 1} "
-                                         f"(train.max_nonfinite={config.train.max_nonfinite}); last good checkpoint: "
-                                         f"step {saved}")
+                    raise _nonfinite(streak, done, config, saved)
                 if save:
                     ckpts.save(done, h.params(state), state.opt_state,
                                all_process_states(it.get_state()), {"step": done, "nonfinite_streak": streak,
