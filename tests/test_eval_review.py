@@ -57,10 +57,12 @@ def llava_bench(tmp_path):
     qs = [(0, "001.jpg", "What is on the plate?", "conv"), (1, "001.jpg", "Describe the image in detail.", "detail"),
           (2, "002.jpg", "Why is this funny?", "complex"), (3, "002.jpg", "What brand is the car?", "conv"),
           (4, "002.jpg", "How many people are there?", "conv")]
-    write_jsonl(d / "questions.jsonl", [{"question_id": i, "image": im, "text": t, "category": c} for i, im, t, c in qs])
+    write_jsonl(d / "questions.jsonl",
+                [{"question_id": i, "image": im, "text": t, "category": c} for i, im, t, c in qs])
     write_jsonl(d / "answers_gpt4.jsonl", [{"question_id": i, "text": f"reference {i}"} for i, *_ in qs])
-    write_jsonl(d / "context.jsonl", [{"id": "001", "image": "001.jpg", "caption": ["A plate of ramen.", "Chopsticks."]},
-                                      {"id": "002", "image": "002.jpg", "caption": "A street with a red car."}])
+    write_jsonl(d / "context.jsonl",
+                [{"id": "001", "image": "001.jpg", "caption": ["A plate of ramen.", "Chopsticks."]},
+                 {"id": "002", "image": "002.jpg", "caption": "A street with a red car."}])
     write_jsonl(tmp_path / "ours.jsonl", [{"question_id": i, "text": f"ours {i}", "model_id": "x"} for i, *_ in qs])
     return d
 
@@ -79,8 +81,8 @@ def test_llava_bench_relative_score_per_category(llava_bench, tmp_path, fake_ope
     fake_api_env(server)
     asked = fixed_judge(monkeypatch, LLAVA_BENCH_JUDGE)
     out = tmp_path / "review"
-    args = ["score", "--benchmark", "llava_bench", "--data", str(llava_bench), "--answers", str(tmp_path / "ours.jsonl"),
-            "--out", str(out)]
+    args = ["score", "--benchmark", "llava_bench", "--data", str(llava_bench),
+            "--answers", str(tmp_path / "ours.jsonl"), "--out", str(out)]
     assert main(args) == 0
     s = json.loads((out / "scores.json").read_text())
     # conv: (8, 6), (7, 8), (-1, -1) -> 4.333 / 4.667 = 92.8 (93.3 without the unparsed review); detail: (9, 7)
@@ -147,7 +149,8 @@ def test_korean_open_ended_judged_with_the_image(tmp_path, fake_openai, fake_api
         {"question_id": "k3", "image": "b.jpg", "text": "What is this building?", "answer": "Gyeongbokgung",
          "category": "place", "lang": "en"}])
     answers = tmp_path / "ours.jsonl"
-    write_jsonl(answers, [{"question_id": q, "text": t} for q, t in (("k1", "된장찌개"), ("k2", "경복궁"), ("k3", "A temple"))])
+    ours = {"k1": "된장찌개", "k2": "경복궁", "k3": "A temple"}
+    write_jsonl(answers, [{"question_id": q, "text": t} for q, t in ours.items()])
     out = tmp_path / "ko"
     assert main(["score", "--benchmark", "ko_open", "--data", str(data), "--answers", str(answers),
                  "--image_root", str(tmp_path / "img"), "--out", str(out)]) == 0
@@ -204,7 +207,31 @@ def test_xllava_bvqa_bokvqa_layout_accuracy_per_language(tmp_path):
     assert by_id["en/2"].text == ("What is the furniture, used for sitting, in the image?\n"
                                   "Answer the question using a single word or phrase.")
     # one file: the language comes from its name
-    assert {q.metadata["lang"] for q in build_questions(bench, load_benchmark_records(bench, d / "BOKVQA_data_test_en.csv"))} == {"en"}
+    one = load_benchmark_records(bench, d / "BOKVQA_data_test_en.csv")
+    assert {q.metadata["lang"] for q in build_questions(bench, one)} == {"en"}
     (d / "BOKVQA_data_test_en.csv").write_text("img_path,question\nx.jpg,Q?\n")
     with pytest.raises(ValueError, match="expected img_path, question and answer"):
         load_benchmark_records(bench, d)
+
+
+def test_eval_run_answers_then_judges_llava_bench(tiny_llava_hf_dir, question_set, tmp_path, fake_openai,
+                                                  fake_api_env, monkeypatch):
+    fake_api_env(fake_openai())
+    fixed_judge(monkeypatch, {"What is in the picture?": ["8 4\nshort"], "Describe the colors.": ["5 5\nsame"]})
+    d = tmp_path / "bench"
+    d.mkdir()
+    write_jsonl(d / "questions.jsonl", [{"question_id": 0, "image": "img/0.png", "text": "What is in the picture?",
+                                         "category": "conv"},
+                                        {"question_id": 1, "image": "img/1.png", "text": "Describe the colors.",
+                                         "category": "detail"}])
+    write_jsonl(d / "answers_gpt4.jsonl", [{"question_id": i, "text": f"reference {i}"} for i in range(2)])
+    write_jsonl(d / "context.jsonl", [{"image": f"img/{i}.png", "caption": [f"Image {i}."]} for i in range(2)])
+    out = tmp_path / "out"
+    assert main(["run", "--checkpoint", str(tiny_llava_hf_dir), "--benchmark", "llava_bench", "--data", str(d),
+                 "--image_root", str(question_set["image_root"]), "--out", str(out), "--max_new_tokens", "3",
+                 "--batch_size", "2", "--no_progress"]) == 0
+    s = json.loads((out / "scores.json").read_text())
+    # conv 4/8 = 50.0, detail 5/5 = 100.0, all 4.5 / 6.5 = 69.2
+    assert s["score"] == 69.2 and s["overall"]["by_category"]["conv"]["relative"] == 50.0
+    answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 2 and (out / "replies.jsonl").exists() and (out / "reviews.jsonl").exists()

@@ -140,3 +140,15 @@ def test_group_by_length_matches_llava_modality_grouping():
     assert pure == 1.0  # one modality per batch
     assert spread < 1.5 * random_spread, (spread, random_spread)  # no long-to-short cycling (was ~9x)
     assert worst < 1.1, worst  # lengths spread evenly over the devices (contiguous sorted rows: ~2-5x)
+
+
+def test_batches_are_padded_to_the_smallest_length_bucket():
+    tok = WordTokenizer()
+    short, long = text_records(8, 10, 20, seed=3), text_records(2, 100, 110, seed=4)
+    spec = BatchSpec(2, 128, tok.pad_id, buckets=(32, 64))
+    processor = SampleProcessor(tok, max_len=128, load_images=False)
+    for records, want in ((short, 32), (long, 128)):
+        for b in make_pipeline(records, processor, spec, seed=0, num_epochs=1, shard_index=0, shard_count=1):
+            assert b["input_ids"].shape == (2, want) and b["attention_mask"].sum(axis=1).max() <= want
+    c = llava15_recipe(1, "vicuna-7b-v1.5")
+    assert inputs.length_buckets(c.data) and max(inputs.length_buckets(c.data)) < c.data.max_len

@@ -354,7 +354,7 @@ def compile_generate(config: Any, cfg: Any, devices: list, batch: int, prompt_le
     from xllava_jax.train.step import in_mesh
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
     rules = tuple(tuple(r) for r in config.logical_axis_rules)
-    model, text = build_model(cfg), text_config(cfg)
+    text = text_config(cfg)
     shard = param_shardings(cfg, mesh, rules)
     params = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                     abstract_params(cfg), shard)
@@ -365,9 +365,10 @@ def compile_generate(config: Any, cfg: Any, devices: list, batch: int, prompt_le
             None, ("data", "fsdp")))), cache_shape)
     lm = (lambda p: p["language_model"]) if isinstance(cfg, LlavaConfig) else (lambda p: p)
 
+    decoder = build_model(text)
+
     def run(p, ids, key_mask, cache, index):
-        sub = model.language_model if isinstance(cfg, LlavaConfig) else model
-        return sub.apply({"params": lm(p)}, ids, key_mask, None, None, cache, index)
+        return decoder.apply({"params": lm(p)}, ids, key_mask, None, None, cache, index)
 
     out = {"bytes_per_device": {"params": _leaf_bytes(params), "optimizer": 0, "gradients": 0, "temporaries": 0,
                                 "total": 0}, "flops": 0.0, "optimal_seconds": 0.0, "model_flops": 0.0,

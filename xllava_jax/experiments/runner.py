@@ -108,6 +108,8 @@ def run_chain(stages: list[tuple[str, ml_collections.ConfigDict]], out: Path, se
                       "step": r["step"], "seconds": time.perf_counter() - start,
                       "row_tokens": int(r["step"]) * config.train.batch_size * config.data.max_len,
                       "metrics": {k: float(v) for k, v in r["metrics"].items()}}
+            if r["step"] < r["total_steps"]:  # stopped early (SIGTERM): resumable, not done
+                raise RuntimeError(f"{workdir}: stopped at step {r['step']} of {r['total_steps']}; run again to resume")
             done.write_text(json.dumps(result, indent=2))
             log.info("%s seed %d: %s in %.0f s", name, seed, workdir.name, result["seconds"])
         results.append(result)

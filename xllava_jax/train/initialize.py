@@ -86,8 +86,7 @@ def as_llava(text: LlamaConfig, lm: dict, config: ml_collections.ConfigDict, tok
                       image_token_id=tok.image_token_id, pad_token_id=tok.pad_id,
                       vision_feature_layer=config.model.vision_feature_layer)
     key = jax.random.PRNGKey(config.seed)
-    fresh = init_params(cfg, key)
-    host = lambda group: jax.tree_util.tree_map(np.asarray, fresh[group])  # noqa: E731
+    host = lambda group: jax.tree_util.tree_map(np.asarray, init_group(cfg, group, key))  # noqa: E731
     return cfg, {"vision_tower": vision_params or host("vision_tower"), "projector": host("projector"),
                  "language_model": lm}
 
@@ -109,8 +108,7 @@ def loaded_model(config: ml_collections.ConfigDict, tok: Tokenizer, checkpoint_p
         from xllava_jax.convert.hf import load_hf_llama
         model, params = load_hf_llama(i.llama_dir, **kw)
     else:
-        cfg, params = checkpoint.load_params(checkpoint_path or i.checkpoint)
-        params = jax.tree_util.tree_map(np.asarray, params)
+        cfg, params = checkpoint.load_params(checkpoint_path or i.checkpoint, to_host=True)
         if isinstance(cfg, LlamaConfig) and config.model.kind == "llava":
             cfg, params = grow_to_tokenizer(cfg, params, tok, config)
             cfg, params = as_llava(cfg, params, config, tok)

@@ -8,6 +8,7 @@ Process-aware: each process builds the pipeline over its own shard of the record
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ from xllava_jax.models.params import ModelConfig
 from xllava_jax.tokenizer.spm import Tokenizer
 from xllava_jax import sharding
 from xllava_jax.train.forward import row_slots
+
+
+log = logging.getLogger(__name__)
 
 
 def data_path(d: ml_collections.ConfigDict, path: str) -> str:
@@ -81,8 +85,17 @@ def _processor_and_spec(d: ml_collections.ConfigDict, tok: Tokenizer, cfg: Model
                                 d.pad_image, load_images=load_images and bool(size),
                                 split_documents=d.split_documents)
     spec = BatchSpec(global_batch // jax.process_count(), d.max_len, tok.pad_id, d.pack, d.max_images_per_row,
-                     (size or 1, size or 1, 3), buckets=tuple(d.length_buckets))
+                     (size or 1, size or 1, 3), buckets=length_buckets(d))
     return processor, spec
+
+
+def length_buckets(d: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """data.length_buckets with one process; none with several (each would pick its own length for its rows)."""
+    if d.length_buckets and jax.process_count() > 1:
+        log.warning("data.length_buckets=%s ignored: %d processes would pad their rows to different lengths; "
+                    "batches are padded to max_len=%d", tuple(d.length_buckets), jax.process_count(), d.max_len)
+        return ()
+    return tuple(sorted(b for b in d.length_buckets if b < d.max_len))
 
 
 def make_iterator(d: ml_collections.ConfigDict, source: Any, tok: Tokenizer, cfg: ModelConfig, global_batch: int,

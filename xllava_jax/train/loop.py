@@ -154,6 +154,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
     tick, ticked = time.perf_counter(), start
     samples = 0
     previous = None  # the last step's metrics: the non-finite streak is read one step behind
+    flops_of, window_flops = {}, 0.0  # model FLOPs per batch shape, and of the steps since the last log
     try:
         with Preempted() as preempted:
             for done in range(start + 1, total + 1):
@@ -166,8 +167,11 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
                 samples += int(local["num_samples"]) * jax.process_count()
                 if step_fn is None:
                     step_fn = h.jit_step(batch)
-                    flops = step_flops(cfg, groups, batch["input_ids"].size, batch["input_ids"].shape[1],
-                                       batch["pixel_values"].shape[0] * slots if images else 0)
+                shape = batch["input_ids"].shape  # one per length bucket
+                if shape not in flops_of:
+                    flops_of[shape] = step_flops(cfg, groups, batch["input_ids"].size, shape[1],
+                                                 batch["pixel_values"].shape[0] * slots if images else 0)
+                window_flops += flops_of[shape]
                 state, metrics = step_fn(state, batch)
                 writer.advance()
                 stop = preempted.anywhere(done % config.train.sigterm_check_steps == 0 or done == total)
@@ -188,14 +192,15 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
                     last = {**m, "step_time_s": dt, "tokens_per_s": m["tokens"] / dt,
                             "samples_per_s": samples / (now - tick), "nonfinite_total": int(state.nonfinite_total)}
                     if config.log.peak_tflops > 0:
-                        last["mfu"] = flops / dt / (config.log.peak_tflops * 1e12 * jax.device_count())
+                        peak = config.log.peak_tflops * 1e12 * jax.device_count()
+                        last["mfu"] = window_flops / (now - tick) / peak
                     if do_eval:
                         if eval_fn is None:
                             eval_fn = jit_eval_step(eval_step_fn(cfg), h.params(h.shardings),
                                                     _abstract_batch(batch), mesh, rules)
                         last.update(evaluate(config, eval_fn, h.params(state), cfg, tok, mesh, images))
                     writer.write(done, last)
-                    tick, ticked, samples = time.perf_counter(), done, 0
+                    tick, ticked, samples, window_flops = time.perf_counter(), done, 0, 0.0
                 if streak >= config.train.max_nonfinite:
                     raise _nonfinite(streak, done, config, saved)
                 if save:
