@@ -3,8 +3,10 @@
 Model: LLaMA-2-13B decoder (40 layers, hidden 5120, MLP 13824, 40 heads, MHA) with the vocabulary expanded to
 39,478 pieces (+ <image>, <pad>) padded to a multiple of 64 = 39,488; CLIP ViT-L/14-336 (frozen); mlp2x_gelu
 projector 1024 -> 5120 -> 5120. Shipped execution settings (xllava_jax/train/defaults.py llava15_recipe):
-bf16 compute, fp32 params (so fp32 AdamW moments and gradients), remat "full", scanned layers, XLA attention,
-mesh data=1 x fsdp=all devices x tensor=1, DEFAULT_RULES, global batch 128, grad_accum 1.
+bf16 compute, fp32 params (so fp32 AdamW moments and gradients), remat "full", scanned layers, attention auto
+(splash on TPU, cudnn on GPU: no [n,T,T] scores kept; --attention xla for XLA's), mesh data=1 x fsdp=all
+devices x tensor=1, DEFAULT_RULES, global batch 128, grad_accum 1. The TPU compiler's own
+figures (python -m xllava_jax.aot, bench/SCALE.md) replace this plan where a TPU target is concerned.
 
 1. Static memory per device, from jax.eval_shape only (nothing allocated): the project's own make_harness /
    abstract_state on an AbstractMesh of N devices gives every leaf of the train state its NamedSharding from

@@ -37,26 +37,38 @@ VARIANTS = {  # variant name -> extra overrides (attention auto = splash on TPU)
 }
 
 
+BATCH = {"s0": 64, "s1": 256, "s2": 128}  # shipped global batch per stage
+CHIPS = {"v5p-64": 32, "v5litepod-256": 256, "v4-64": 32, "v6e-64": 64}
+
+
+def mesh_overrides(config: str, topology: str) -> list[str]:
+    """Tensor parallelism where the slice has more chips than the global batch has rows (one row per data shard)."""
+    tensor = CHIPS[topology] // BATCH[config.rsplit("_", 1)[1]]
+    return [f"--config.mesh.tensor={tensor}"] if tensor > 1 else []
+
+
 def rows() -> list[str]:
     """Every row name: config/topology/variant."""
     return [f"{c}/{t}/{v}" for c in CONFIGS for t in TOPOLOGIES for v in VARIANTS]
 
 
-def command(row: str) -> list[str]:
-    """The AOT command of a row."""
+def command(row: str, exact_cost: bool = True) -> list[str]:
+    """The AOT command of a row (`exact_cost` False: memory only, about half the time)."""
     config, topology, variant = row.split("/")
     return [sys.executable, "-m", "xllava_jax.aot", "--config", CONFIGS[config], "--topology", topology,
-            "--config.data.max_len=2048", "--json", str(OUT / f"{row.replace('/', '__')}.json"), *VARIANTS[variant]]
+            "--config.data.max_len=2048", "--json", str(OUT / f"{row.replace('/', '__')}.json"), *VARIANTS[variant],
+            *mesh_overrides(config, topology),
+            *([] if exact_cost else ["--noexact_cost"])]
 
 
-def run_row(row: str) -> None:
+def run_row(row: str, exact_cost: bool = True) -> None:
     """Compile one row (skipped when its JSON exists)."""
     path = OUT / f"{row.replace('/', '__')}.json"
     if path.exists():
         return
     OUT.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    r = subprocess.run(command(row), cwd=ROOT, capture_output=True, text=True, env={**os.environ})
+    r = subprocess.run(command(row, exact_cost), cwd=ROOT, capture_output=True, text=True, env={**os.environ})
     print(f"{row}: exit {r.returncode} in {time.perf_counter() - start:.0f} s", flush=True)
     if r.returncode not in (0, 1):
         print(r.stderr[-3000:], file=sys.stderr)
@@ -79,7 +91,8 @@ def table() -> str:
             f"| {config} | {topology} ({j['num_devices']} chips) | {j['attention']} / {j.get('remat_policy', '')} "
             f"| {b['params']:.1f} | {b['optimizer']:.1f} | {b['gradients']:.1f} | {b['temporaries']:.1f} "
             f"| {b['total']:.1f} / {j['hbm_bytes'] / GiB:.1f} | {'yes' if j['fits'] else '**no**'} "
-            f"| {j['est_step_s']:.2f} s | {100 * j['est_mfu']:.0f}% | {j['tokens_per_s']:,.0f} "
+            + (f"| {j['est_step_s']:.2f} s | {100 * j['est_mfu']:.0f}% | {j['tokens_per_s']:,.0f} "
+               if j.get("cost_compile_s") else "| - | - | - ") +
             f"| {j['compile_s'] + j.get('cost_compile_s', 0):.0f} s |")
     text = "\n".join(lines)
     if missing:
@@ -92,10 +105,11 @@ def table() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="append", default=[], help="glob of rows to compile (config/slice/variant)")
+    p.add_argument("--memory_only", action="store_true", help="skip the FLOP-count compiles (no step time / MFU)")
     args = p.parse_args()
     for pattern in args.run:
         for row in fnmatch.filter(rows(), pattern):
-            run_row(row)
+            run_row(row, not args.memory_only)
     intro = (ROOT / "bench" / "SCALE.md").read_text().split("<!-- table -->")[0] if (
         ROOT / "bench" / "SCALE.md").exists() else "# Scale table\n\n"
     (ROOT / "bench" / "SCALE.md").write_text(intro + "<!-- table -->\n" + table() + "\n")

@@ -57,8 +57,8 @@ def test_heldout_text_is_not_a_rewording_of_the_training_sentences():
     """Every held-out sentence comes from HELDOUT_TEMPLATES; none of those templates' words is a training word."""
     scenes = synthetic.random_scenes(200, 0)
     for lang in synthetic.LANGS:
-        training = {f"{line}" for line in synthetic.text_corpus(scenes, lang)}
-        training |= {synthetic.caption(s, lang) for s in scenes}
+        training = set(synthetic.text_corpus(scenes, lang)) | {synthetic.caption(s, lang) for s in scenes}
+        training |= {synthetic.QUESTIONS[k][lang] for k in synthetic.QUESTIONS}
         lines = synthetic.heldout_text(60, lang, seed=3)
         assert len(set(lines)) == 60
         assert not set(lines) & training

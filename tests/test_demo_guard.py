@@ -53,7 +53,9 @@ def check_report(report: dict) -> list[str]:
 
 @pytest.mark.demo
 def test_readme_demo_reads_the_image_and_exports(tmp_path):
-    work = tmp_path / "demo"
+    # XLLAVA_DEMO_WORKDIR=DIR: run in DIR instead (the command resumes what a previous run left there, e.g. only
+    # the held-out eval and export of a finished training), to re-check a demo without training it again
+    work = Path(os.environ.get("XLLAVA_DEMO_WORKDIR") or tmp_path / "demo")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     cmd = [sys.executable, "-m", "xllava_jax.main", "--config", "configs/demo.py", "--workdir", str(work)]

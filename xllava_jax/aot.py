@@ -6,9 +6,11 @@ on a machine without a TPU (libtpu's compiler; `pip install -e .[tpu]`).
 
 The config's mesh is built on the topology's devices; the exact jitted step of the stage (make_harness:
 shardings, donation, remat, grad_accum) is lowered on ShapeDtypeStruct inputs (nothing is allocated) and
-compiled. Printed per device: parameter, optimizer-state, gradient and temporary bytes from the compiler's
-memory_analysis, the chip's HBM and whether the total fits, the compiler's FLOP count and roofline step time
-(cost_analysis `optimal_seconds`), and the MFU and tokens/s they imply. Exit 0 fits, 1 does not, 2 bad config.
+compiled. Printed per device: parameter, optimizer-state, gradient and temporary bytes (compiler's
+memory_analysis; params/optimizer/gradients from the state's shardings), the chip's HBM and whether the total
+fits, the compiler's FLOP count and roofline step time (cost_analysis `optimal_seconds`; XLA counts a scanned
+layer once, so layer_cost extrapolates unrolled 1-2 layer compiles), and the MFU and tokens/s they imply.
+Exit 0 fits, 1 does not, 2 bad config, 3 the compile failed. docs/multihost.md has the details.
 
 Topologies: Cloud TPU names (v4-N and v5p-N count TensorCores, 2 per chip; v5litepod-N / v5e-N and v6e-N
 count chips) or an explicit chip grid `v5p:2x4x4`, `v5e:2x2`. The model's architecture comes from the
@@ -25,6 +27,7 @@ import os
 import re
 import sys
 import time
+import traceback
 import types
 from pathlib import Path
 from typing import Any, Sequence
@@ -470,9 +473,13 @@ def main(argv: Sequence[str]) -> int:
         return 2
     except RuntimeError as e:
         if "libtpu" not in str(e) and "JAX_PLATFORMS" not in str(e):
-            raise
+            traceback.print_exc()
+            return 3
         print(e, file=sys.stderr)
         return 2
+    except Exception:  # noqa: BLE001 - the compile itself failed: not "does not fit"
+        traceback.print_exc()
+        return 3
     print(format_report(summary, _WHAT.value, attention))
     if _JSON.value:
         Path(_JSON.value).parent.mkdir(parents=True, exist_ok=True)

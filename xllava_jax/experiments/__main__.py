@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--quick", action="store_true", help="one seed, a handful of steps: plumbing only, no claims")
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--config", default=None, help="a suite config file instead of configs/experiments/<suite>.py")
-    r.add_argument("--arms", default="", help="comma list restricting the arms")
+    r.add_argument("--arms", default="", help="arm names separated by ; (names hold commas) restricting the suite")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a knob of the suite config, e.g. --set steps.stage2=600 (repeatable)")
     r.add_argument("--jax-cache", default=None, type=Path, help="persistent compilation cache (default DIR/jax_cache)")

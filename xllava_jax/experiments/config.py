@@ -16,12 +16,12 @@ def suite_config(suite: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.suite = suite
     c.seeds = 3  # training seeds per arm (>= 3 for an interval; the world itself is fixed)
-    c.arms = ""  # comma list restricting the suite's arms ('' = all)
+    c.arms = ""  # ;-separated arm names restricting the suite (names hold commas); "" = all
     c.world = default_world()  # data sizes of the synthetic world (xllava_jax/experiments/world.py)
     # the tiny LLaVA (train.defaults.tiny_model)
     c.model = ml_collections.ConfigDict(dict(hidden=64, layers=2, vision_hidden=32, image_size=32, patch=8))
     # optimizer steps per stage; every arm of a suite trains the same steps (equal steps, equal row tokens)
-    c.steps = ml_collections.ConfigDict(dict(base=300, stage0=300, stage1=300, stage2=1200))
+    c.steps = ml_collections.ConfigDict(dict(base=300, stage0=300, stage1=300, stage2=600))
     c.batch = ml_collections.ConfigDict(dict(text=16, stage1=32, stage2=16))  # global batch rows per step
     c.lr = ml_collections.ConfigDict(dict(text=3e-3, stage1=2e-3, stage2=2e-3))  # peak learning rates
     # tokens per row; stage1/stage2 must hold a Korean record under the byte-fallback (-V) tokenizer untruncated

@@ -62,10 +62,10 @@ ARMS = {"xllava_table2": xllava_table2, "lrm_table3": lrm_table3, "lrm_fig6": lr
 
 
 def suite_arms(c: ml_collections.ConfigDict) -> list[Arm]:
-    """The arms of `c.suite` (restricted to `c.arms` when set)."""
+    """The arms of `c.suite` (restricted to `c.arms`, a ;-separated list, when set: names hold commas)."""
     arms = ARMS[c.suite](c)
     if c.arms:
-        keep = [a.strip() for a in c.arms.split(",")]
+        keep = [a.strip() for a in c.arms.split(";")]
         unknown = set(keep) - {a.name for a in arms}
         if unknown:
             raise ValueError(f"{c.suite}: unknown arms {sorted(unknown)}; arms: {[a.name for a in arms]}")

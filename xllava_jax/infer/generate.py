@@ -1,10 +1,12 @@
-"""KV-cache generation: a jitted prefill, then jitted decode chunks (a lax.while_loop of up to k steps).
+"""KV-cache generation: a jitted prefill, then jitted decode chunks (lax.while_loops of up to k steps).
 
 Shapes are static: prompts are left-padded to a length bucket, the cache holds
 bucket + max_new_tokens slots, and the batch always has `batch_size` rows, so a run compiles
-once per (bucket, batch size, max_new_tokens, sampling setting). EOS ends a row on the device;
-stop strings are checked on the host between chunks (k = `steps_per_call`), which is also when
-streamed text is handed out. With a mesh the params are placed as in training (tree_shardings of
+once per (bucket, batch size, max_new_tokens, sampling setting). Attention reads only the filled
+part of the cache, to within a factor of two: prefill attends over the prompt alone, and each decode
+call runs its steps in segments whose cache view (a static slice) doubles (`kv_segments`). EOS ends a
+row on the device; stop strings are checked on the host between chunks (`chunk_schedule`: everything in
+one call unless text is read between calls), which is also when streamed text is handed out. With a mesh the params are placed as in training (tree_shardings of
 their logical axes) and the cache is sharded over batch and KV heads, so a model too big for one
 device is served across several (use tensor parallelism: `make_mesh(data=1, tensor=-1)`).
 """
@@ -31,7 +33,12 @@ from xllava_jax.models.params import abstract_params, param_logical_axes
 from xllava_jax.sharding import DEFAULT_RULES, Rules, spec_for, tree_shardings
 
 CACHE_AXES = (None, "activation_batch", None, "kv_heads", None)  # [layers, B, max_len, kv_heads, head_dim]
-DEFAULT_STEPS_PER_CALL = 16  # see README "Inference": one dispatch per 16 tokens, stop strings checked as often
+DEFAULT_STEPS_PER_CALL = None  # auto: see chunk_schedule
+FIRST_CHUNK, MAX_CHUNK = 16, 128  # auto chunks with stop strings or streaming: 16, 32, 64, 128, 128, ...
+# One decode call costs ~35 ms of host round trip on a 2-core CPU, about 7 batch-1 steps of the bench model
+# (bench/PROFILE.md): 128-step chunks keep that under ~5%, and doubling from 16 finds an early stop string soon.
+MIN_SEGMENT = 16  # decode steps of the first cache-view segment (kv_segments)
+MAX_SEGMENTS = 4  # at most this many loop bodies (compilations of the step) per decode call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +51,8 @@ class GenerationConfig:
     eos_ids: tuple[int, ...] | None = None  # ids that end a row; None: the tokenizer's EOS
     seed: int = 0
     batch_size: int = 8  # rows per compiled batch (short batches are padded)
-    steps_per_call: int = DEFAULT_STEPS_PER_CALL  # decode steps per jitted call; 0 = all in one call
+    steps_per_call: int | None = DEFAULT_STEPS_PER_CALL  # decode steps per jitted call; 0 = all in one call;
+    # None = auto (chunk_schedule): all in one call unless stop strings or streaming read text between calls
     prompt_buckets: tuple[int, ...] | None = None  # padded prompt lengths (None: see batching.bucket_length)
 
     def validate(self) -> None:
@@ -54,8 +62,8 @@ class GenerationConfig:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
         if self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
-        if self.steps_per_call < 0:
-            raise ValueError(f"steps_per_call={self.steps_per_call} must be >= 0 (0 = all)")
+        if self.steps_per_call is not None and self.steps_per_call < 0:
+            raise ValueError(f"steps_per_call={self.steps_per_call} must be >= 0 (0 = all, None = auto)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,15 +113,19 @@ def constrain_cache(cache: KVCache, mesh: Mesh | None, rules: Rules) -> KVCache:
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "mesh", "rules"))
 def prefill(model: Llava | Llama, params: Any, input_ids: jax.Array, mask: jax.Array, positions: jax.Array,
-            pixel_values: jax.Array | None, eos_ids: jax.Array, rng: jax.Array, *, max_new_tokens: int,
-            sampling: SamplingConfig, mesh: Mesh | None = None, rules: Rules = DEFAULT_RULES) -> DecodeState:
-    """Run the prompts through the model into a fresh cache and choose each row's first token."""
+            pixel_values: jax.Array | None, eos_ids: jax.Array, rng: jax.Array, num_rows: jax.Array | int | None = None,
+            *, max_new_tokens: int, sampling: SamplingConfig, mesh: Mesh | None = None,
+            rules: Rules = DEFAULT_RULES) -> DecodeState:
+    """Run the prompts through the model into a fresh cache and choose each row's first token (rows from
+    `num_rows` on are batch padding: done from the start, so they never keep the decode loop running)."""
     b, p = input_ids.shape
     cfg = text_config(model.cfg)
-    cache = constrain_cache(init_cache(cfg, b, p + max_new_tokens), mesh, rules)
-    key_mask = jnp.concatenate([mask, jnp.ones((b, max_new_tokens), mask.dtype)], axis=1)
-    logits, cache = model.apply({"params": params}, input_ids, pixel_values, key_mask, positions, cache, 0,
+    cache = constrain_cache(init_cache(cfg, b, p), mesh, rules)  # attend over the prompt only
+    logits, cache = model.apply({"params": params}, input_ids, pixel_values, mask, positions, cache, 0,
                                 method=last_logits)
+    cache = constrain_cache(KVCache(*(jnp.pad(x, ((0, 0), (0, 0), (0, max_new_tokens), (0, 0), (0, 0)))
+                                      for x in cache)), mesh, rules)
+    key_mask = jnp.concatenate([mask, jnp.ones((b, max_new_tokens), mask.dtype)], axis=1)
     seen = jnp.zeros((b, cfg.vocab_size if sampling.repetition_penalty != 1.0 else 0), bool)
     if seen.shape[1]:
         seen = jnp.zeros(seen.shape, jnp.int32).at[jnp.arange(b)[:, None], input_ids].add(mask) > 0
@@ -121,16 +133,42 @@ def prefill(model: Llava | Llama, params: Any, input_ids: jax.Array, mask: jax.A
     first = choose_tokens(logits[:, 0], key, seen if seen.shape[1] else None, sampling)
     seen = mark_seen(seen, first) if seen.shape[1] else seen
     tokens = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
-    return DecodeState(cache, key_mask, tokens, jnp.isin(first, eos_ids), jnp.int32(1),
+    done = jnp.isin(first, eos_ids)
+    if num_rows is not None:
+        done = done | (jnp.arange(b) >= num_rows)
+    return DecodeState(cache, key_mask, tokens, done, jnp.int32(1),
                        mask.sum(axis=1).astype(jnp.int32), seen, rng)
+
+
+def kv_segments(max_new: int, first: int = MIN_SEGMENT, most: int = MAX_SEGMENTS) -> tuple[int, ...]:
+    """Step counts ending the decode segments: segment j runs the steps below ends[j] on a cache view of
+    prompt + ends[j] slots; ends halve back from max_new (at most `most`, none below `first`)."""
+    ends = [max_new]
+    while len(ends) < most and ends[-1] // 2 >= first:
+        ends.append(ends[-1] // 2)
+    return tuple(reversed(ends))
+
+
+def chunk_schedule(config: GenerationConfig, reads_text: bool) -> Callable[[int], int]:
+    """Decode steps of the next call given the tokens so far: `steps_per_call` when set (0 = all); auto
+    (None): all in one call unless text is read between calls (stop strings, streaming), then chunks that
+    double from FIRST_CHUNK to MAX_CHUNK (the per-call round trip stays a small share of the time)."""
+    k = config.steps_per_call
+    if k is None:
+        if not reads_text:
+            return lambda step: config.max_new_tokens
+        return lambda step: min(MAX_CHUNK, max(FIRST_CHUNK, 1 << max(0, step - 1).bit_length()))
+    return lambda step: k or config.max_new_tokens
 
 
 @functools.partial(jax.jit, static_argnames=("model", "sampling"), donate_argnames=("state",))
 def decode(model: Llava | Llama, params: Any, state: DecodeState, eos_ids: jax.Array, until_step: jax.Array, *,
            sampling: SamplingConfig) -> DecodeState:
-    """Generate tokens until every row is done or `until_step` tokens exist (a lax.while_loop on the device)."""
+    """Generate tokens until every row is done or `until_step` tokens exist (lax.while_loops on the device, one
+    per kv_segments segment, each attending over a static view of the cache that holds the tokens so far)."""
     b, max_new = state.tokens.shape
-    prompt_len = state.key_mask.shape[1] - max_new
+    full = state.key_mask.shape[1]
+    prompt_len = full - max_new
     use_seen = state.seen.shape[1] > 0
 
     def running(s: DecodeState) -> jax.Array:
@@ -148,7 +186,20 @@ def decode(model: Llava | Llama, params: Any, state: DecodeState, eos_ids: jax.A
         return DecodeState(cache, s.key_mask, tokens, s.done | jnp.isin(nxt, eos_ids), s.step + 1,
                            s.next_position + 1, seen, rng)
 
-    return jax.lax.while_loop(running, step, state)
+    def segment(s: DecodeState, end: int) -> DecodeState:
+        """The steps below `end` on the first prompt_len + end cache slots (the slots those steps write)."""
+        view = prompt_len + end
+        if view >= full:
+            return jax.lax.while_loop(running, step, s)
+        sub = s._replace(cache=KVCache(*(x[:, :, :view] for x in s.cache)), key_mask=s.key_mask[:, :view])
+        sub = jax.lax.while_loop(lambda x: running(x) & (x.step < end), step, sub)
+        cache = KVCache(*(jax.lax.dynamic_update_slice_in_dim(x, y, 0, axis=2) for x, y in zip(s.cache, sub.cache)))
+        return sub._replace(cache=cache, key_mask=s.key_mask)
+
+    for end in kv_segments(max_new):
+        state = jax.lax.cond(running(state) & (state.step < end), functools.partial(segment, end=end),
+                             lambda s: s, state)
+    return state
 
 
 def place_params(cfg: LlavaConfig | LlamaConfig, params: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
@@ -274,21 +325,24 @@ class Engine:
         streams = [TextStream(self.tokenizer, config.stop_strings) for _ in prompts] if self.tokenizer else None
         eos_array = jnp.asarray(eos, jnp.int32)
         rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), batch_index)
-        chunk = config.steps_per_call or config.max_new_tokens
+        chunk = chunk_schedule(config, reads_text=bool(config.stop_strings) or on_text is not None)
         with self.sharding_context():
             state = prefill(self.model, self.params, *self.device_batch(batch), eos_array, rng,
-                            max_new_tokens=config.max_new_tokens, sampling=config.sampling, mesh=self.mesh,
+                            jnp.int32(len(prompts)), max_new_tokens=config.max_new_tokens, sampling=config.sampling, mesh=self.mesh,
                             rules=self.rules)
+            step = 1  # prefill chose one token; the first chunk is dispatched before reading anything back
             while True:
-                tokens, done, step = jax.device_get((state.tokens, state.done, state.step))
-                done = self.check_streams(tokens[:len(prompts), :step], done, eos, streams, on_text,
+                if step < config.max_new_tokens:
+                    state = decode(self.model, self.params, state, eos_array, jnp.int32(step + chunk(step)),
+                                   sampling=config.sampling)
+                tokens, device_done, step = jax.device_get((state.tokens, state.done, state.step))
+                done = self.check_streams(tokens[:len(prompts), :step], device_done, eos, streams, on_text,
                                           final=step >= config.max_new_tokens)
                 if done.all() or step >= config.max_new_tokens:
                     break
                 yield
-                state = state._replace(done=jnp.asarray(done))
-                state = decode(self.model, self.params, state, eos_array, jnp.int32(step + chunk),
-                               sampling=config.sampling)
+                if (done != device_done).any():  # stop strings or padding rows: tell the device
+                    state = state._replace(done=jnp.asarray(done))
         return [finish(tokens[r, :step], eos, streams[r] if streams else None) for r in range(len(prompts))]
 
     @staticmethod
