@@ -42,7 +42,8 @@ def test_bad_topology_names_list_the_valid_forms(name):
 def aot(tmp_path, env, *extra):
     out = tmp_path / "aot.json"
     r = subprocess.run([sys.executable, "-m", "xllava_jax.aot", "--config", "configs/llava15_7b.py:stage2",
-                        "--topology", "v5e:2x2", "--json", str(out), "--noexact_cost", *TINY, *extra], cwd=ROOT, env=env,
+                        "--topology", "v5e:2x2", "--json", str(out), "--noexact_cost", *TINY, *extra],
+                       cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     return r, (json.loads(out.read_text()) if out.exists() else None)
 
@@ -79,3 +80,12 @@ def test_bad_config_exits_2(tmp_path, train_subprocess_env):
     r = subprocess.run([sys.executable, "-m", "xllava_jax.aot", "--config", "configs/llava15_7b.py:stage2",
                         "--topology", "v7x-8"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "unknown TPU topology 'v7x-8'" in r.stderr, r.stderr[-2000:]
+
+
+@needs_libtpu
+def test_generate_programs_compile(tmp_path, train_subprocess_env):
+    env = {k: v for k, v in train_subprocess_env.items() if k != "JAX_PLATFORMS"}
+    r, j = aot(tmp_path, env, "--what=generate", "--gen_batch=4", "--gen_prompt_len=128", "--gen_max_len=256")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert j["what"] == "generate" and j["prefill_s"] > 0 and j["decode_s"] > 0 and j["fits"], j
+    assert j["bytes_per_device"]["params"] > 0 and j["bytes_per_device"]["optimizer"] == 0, j

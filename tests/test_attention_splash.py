@@ -77,7 +77,8 @@ def grads(impl):
         return f(impl, q, k, v, spec, real, cot), text
 (l_s, g_s), text = grads("splash")
 (l_x, g_x), _ = grads("xla")
-print(json.dumps({"loss": [float(l_s), float(l_x)], "shard_map": "shard_map" in text or "sdy.manual_computation" in text,
+print(json.dumps({"loss": [float(l_s), float(l_x)],
+                  "shard_map": "shard_map" in text or "sdy.manual_computation" in text,
                   "grad_diff": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(g_s, g_x))}))
 """
 

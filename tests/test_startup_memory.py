@@ -74,9 +74,10 @@ def stage(n, **init):
 out = {}
 out["hf"], cfg = start(stage(1, source="hf", llama_dir=f"{tmp}/llama", clip_dir=f"{tmp}/clip"))
 from xllava_jax.models.params import init_params
-checkpoint.save_params(f"{tmp}/llava_ckpt", jax.tree_util.tree_map(np.asarray, init_params(cfg, jax.random.PRNGKey(1))), cfg)
+host_init = lambda c, seed: jax.tree_util.tree_map(np.asarray, init_params(c, jax.random.PRNGKey(seed)))
+checkpoint.save_params(f"{tmp}/llava_ckpt", host_init(cfg, 1), cfg)
 out["checkpoint"], _ = start(stage(2, source="checkpoint", checkpoint=f"{tmp}/llava_ckpt"))
-checkpoint.save_params(f"{tmp}/llama_ckpt", jax.tree_util.tree_map(np.asarray, init_params(cfg.text, jax.random.PRNGKey(2))), cfg.text)
+checkpoint.save_params(f"{tmp}/llama_ckpt", host_init(cfg.text, 2), cfg.text)
 out["stage0_to_llava"], _ = start(stage(1, source="checkpoint", checkpoint=f"{tmp}/llama_ckpt", clip_dir=f"{tmp}/clip"))
 print(json.dumps(out))
 """

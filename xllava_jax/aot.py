@@ -214,8 +214,8 @@ def model_for(config: Any) -> Any:
     else:
         sizes = _llm_sizes(config)
         tok = _tok_stub(config, sizes)
-        text = LlamaConfig(**{**sizes, "vocab_size": padded_size(max(tok.vocab_size, sizes["vocab_size"]),
-                                                                 config.init.pad_vocab_to)}, **exec_kwargs(config.model))
+        vocab = padded_size(max(tok.vocab_size, sizes["vocab_size"]), config.init.pad_vocab_to)
+        text = LlamaConfig(**{**sizes, "vocab_size": vocab}, **exec_kwargs(config.model))
         if config.model.kind == "llama":
             return text
         clip = _hf_json(config.init.clip_dir)
@@ -427,8 +427,8 @@ def format_report(r: dict, what: str, attention: str) -> str:
              f"  params       {g(b['params'])}", f"  optimizer    {g(b['optimizer'])}",
              f"  gradients    {g(b['gradients'])}", f"  temporaries  {g(b['temporaries'])}",
              f"  total        {g(b['total'])}  of HBM {g(r['hbm_bytes'])}: {'fits' if r['fits'] else 'DOES NOT FIT'}",
-             f"  flops/device {r['flops']:.3e}   est step {r['est_step_s']:.3f} s   est MFU {100 * r['est_mfu']:.1f}%   "
-             f"{r['tokens_per_s']:.0f} tokens/s",
+             f"  flops/device {r['flops']:.3e}   est step {r['est_step_s']:.3f} s   "
+             f"est MFU {100 * r['est_mfu']:.1f}%   {r['tokens_per_s']:.0f} tokens/s",
              f"  compile      {r['compile_s']:.1f} s (+ {r.get('cost_compile_s', 0.0):.1f} s for the FLOP count)"]
     return "\n".join(lines)
 

@@ -162,7 +162,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec | jax.Array 
     splash the Pallas TPU splash-attention kernel under shard_map (batch and heads sharded as the activations
           are), causal mask + segment ids (padding = segment 0), GQA; Pallas interpret mode off TPU.
     auto  resolve_attention for the current backend. With a KV cache, or for splash a length that is no
-    multiple of SPLASH_BLOCK_MULTIPLE (the kernel's lane width), the dense mask and xla are used. Query rows that are padding (attention_mask 0) may differ between kernels; no loss reads them.
+    multiple of SPLASH_BLOCK_MULTIPLE (the kernel's lane width), the dense mask and xla are used. Query rows
+    that are padding (attention_mask 0) may differ between kernels; no loss reads them.
     """
     implementation = resolve_attention(implementation, dtype=dtype)
     spec = mask if isinstance(mask, MaskSpec) else None
