@@ -37,7 +37,8 @@ def add_model_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--batch_size", type=int, default=8, help="prompts generated together")
     p.add_argument("--steps_per_call", type=int, default=DEFAULT_STEPS_PER_CALL,
-                   help="decode steps per jitted call (0 = all at once)")
+                   help="decode steps per jitted call (0 = all at once; default: auto, all at once unless "
+                        "stop strings or streaming read text between calls)")
 
 
 def generation_config(args: argparse.Namespace, **overrides) -> GenerationConfig:
