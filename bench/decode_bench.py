@@ -2,7 +2,7 @@
 
 CPU mode (default): decode tokens/s of our KV-cache generation at batch 1 and 32 for a small
 random LLaMA, against transformers' `generate` on the same weights (ratio = ours / theirs), for
-several `steps_per_call` settings (1 = a jitted step per Python loop iteration; 0 = the whole
+several `steps_per_call` settings (None = the default, auto; 1 = a jitted step per Python loop iteration; 0 = the whole
 decode in one lax.while_loop). Decode time per token = (time of new_tokens - time of 1 token) /
 (new_tokens - 1), so prefill cancels; every generate of both sides runs in turn in each round
 (interleaved, median and min-max over rounds, same pinned threads: bench/harness.py).
@@ -64,7 +64,7 @@ def decode_seconds(total: callable, new_tokens: int) -> float:
     return (total(new_tokens) - total(1)) / (new_tokens - 1)
 
 
-def bench_cpu(new_tokens: int, prompt_len: int, repeats: int, batches=(1, 32), steps=(1, 16, 0)) -> dict:
+def bench_cpu(new_tokens: int, prompt_len: int, repeats: int, batches=(1, 32), steps=(1, 16, 0, None)) -> dict:
     """Ours (each steps_per_call) vs transformers generate, decode tokens/s at each batch size, interleaved."""
     import torch
     import transformers
