@@ -2,14 +2,10 @@
 checked against transformers: forward and gradients, with causal + padding + packed segments and GQA, alone
 and under shard_map on a simulated 4-device mesh (batch and heads sharded); plus 'auto' resolution."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from train_helpers import run_on_devices
 from xllava_jax.models.layers import MaskSpec, attend, resolve_attention
 
 B, T, N, K, D = 2, 128, 4, 2, 128
@@ -84,12 +80,7 @@ print(json.dumps({"loss": [float(l_s), float(l_x)],
 
 
 def test_splash_under_shard_map_on_4_devices(train_subprocess_env):
-    env = dict(train_subprocess_env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    tests = Path(__file__).parent
-    out = subprocess.run([sys.executable, "-c", SHARDED, str(tests)], env=env, cwd=tests.parent, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = run_on_devices(SHARDED, 4, train_subprocess_env)
     assert r["shard_map"], r
     assert abs(r["loss"][0] - r["loss"][1]) <= 1e-4 * abs(r["loss"][1]), r
     assert r["grad_diff"] < 5e-5, r

@@ -3,10 +3,7 @@ import, checkpoint-restore and stage-0-LLaMA-to-LLaVA paths, the most bytes any 
 (jax.live_arrays sampled in a thread while initial_model + make_harness + init_state run) stay near what the
 step's shardings put there: 1/8 of the sharded leaves plus the replicated ones, far below the whole model."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from train_helpers import run_on_devices
 
 SCRIPT = r"""
 import json, math, sys, threading, time, types
@@ -84,12 +81,7 @@ print(json.dumps(out))
 
 
 def test_startup_never_gathers_the_model_on_one_device(train_subprocess_env, tmp_path):
-    env = dict(train_subprocess_env, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    tests = Path(__file__).parent
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tests), str(tmp_path)], env=env, cwd=tests.parent,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = run_on_devices(SCRIPT, 8, train_subprocess_env, str(tmp_path))
     print(r)
     for path, m in r.items():
         # the step's own shards (params + frozen + AdamW moments; measured equal to them, with up to one more

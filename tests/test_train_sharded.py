@@ -1,10 +1,7 @@
 """The sharded step equals the single-device step: 8 simulated CPU devices, mesh data=1 x fsdp=4 x tensor=2,
 two stage-2 AdamW steps with gradient accumulation 2, in a subprocess (the rest of the suite keeps 1 device)."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from train_helpers import run_on_devices
 
 SCRIPT = r"""
 import json, sys
@@ -45,12 +42,7 @@ print(json.dumps({"loss1": loss1, "loss8": loss8, "max_abs_param_diff": diff,
 
 
 def test_fsdp4_tensor2_step_equals_single_device(train_subprocess_env):
-    env = dict(train_subprocess_env, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    tests = Path(__file__).parent
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tests)], env=env, cwd=tests.parent, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = run_on_devices(SCRIPT, 8, train_subprocess_env)
     print(r)
     # q_proj kernel [layers, embed, q_heads]: embed over fsdp (4), heads over tensor (2)
     assert r["q_shard_shape"] == [r["q_shape"][0], r["q_shape"][1] // 4, r["q_shape"][2] // 2], r

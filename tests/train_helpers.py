@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from xllava_jax.models import CLIPVisionConfig, LlamaConfig, LlavaConfig
@@ -66,3 +71,13 @@ def losses(workdir) -> dict[int, float]:
 
 
 __all__ = ["tiny_cfg", "tiny_batch", "demo_stage_config", "base_config", "tiny_model", "losses"]
+
+
+def run_on_devices(script: str, devices: int, env: dict, *args: str) -> dict:
+    """Run `python -c script tests_dir *args` on `devices` simulated CPU devices; its last stdout line as JSON."""
+    tests = Path(__file__).parent
+    env = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    out = subprocess.run([sys.executable, "-c", script, str(tests), *args], env=env, cwd=tests.parent,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])

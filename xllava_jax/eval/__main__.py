@@ -32,13 +32,18 @@ def judge_client(args: argparse.Namespace, prefix: str = "", temperature: float 
 
 def add_review_args(p: argparse.ArgumentParser) -> None:
     """The judge flags of the judged benchmarks (llava_bench, ko_open)."""
-    g = p.add_argument_group("judge (llava_bench, ko_open)", JUDGE_ENV)
-    g.add_argument("--judge_base_url", help="judge API base URL")
-    g.add_argument("--judge_model", help="judge model (LLaVA used gpt-4-0314; ko_open's judge sees the image)")
-    g.add_argument("--judge_concurrency", type=int, help="requests in flight")
-    g.add_argument("--judge_budget_usd", type=float, help="stop once this much is spent, counting earlier runs into "
-                                                          "the same --out (OUT/replies.jsonl)")
-    g.add_argument("--judge_timeout_s", type=float, help="per-request timeout")
+    add_client_args(p.add_argument_group("judge (llava_bench, ko_open)", JUDGE_ENV), "judge_",
+                    "judge model (LLaVA used gpt-4-0314; ko_open's judge sees the image)")
+
+
+def add_client_args(g: argparse._ActionsContainer, prefix: str, model_help: str) -> None:
+    """The judge API flags (base URL, model, concurrency, budget, timeout), named with `prefix`."""
+    g.add_argument(f"--{prefix}base_url", help="judge API base URL")
+    g.add_argument(f"--{prefix}model", help=model_help)
+    g.add_argument(f"--{prefix}concurrency", type=int, help="requests in flight")
+    g.add_argument(f"--{prefix}budget_usd", type=float, help="stop once this much is spent, counting earlier runs "
+                                                             "into the same --out (OUT/replies.jsonl)")
+    g.add_argument(f"--{prefix}timeout_s", type=float, help="per-request timeout")
 
 
 def make_reviewer(args: argparse.Namespace, benchmark: str):
@@ -187,12 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="swap: both orders, combined (default); xllava: the paper's single order and A/B/similar "
                         "question, no extra instructions")
     j.add_argument("--cache", help="judgement cache JSONL (default OUT/judge_cache.jsonl; share it across runs)")
-    j.add_argument("--base_url", help="judge API base URL")
-    j.add_argument("--model", help="judge model (vision-capable)")
-    j.add_argument("--concurrency", type=int, help="requests in flight")
-    j.add_argument("--budget_usd", type=float, help="stop once this much is spent, counting earlier runs into the "
-                                                    "same --out (OUT/replies.jsonl)")
-    j.add_argument("--timeout_s", type=float, help="per-request timeout")
+    add_client_args(j, "", "judge model (vision-capable)")
     j.add_argument("--no_progress", action="store_true", help="no progress bar")
     j.set_defaults(fn=cmd_judge)
     c = sub.add_parser("chart", help="win/tie/loss PNG (a bar per model pair) and table of several judge runs")
