@@ -6,7 +6,7 @@ headline: held-out accuracy in every language well above the text-only baseline 
 each question kind, computed on the held-out set: what a model that never reads the image can reach), every
 question kind above its own text-only baseline, and a verified Hugging Face export. A change that stops the
 model reading the image (e.g. a projector whose output no longer reaches the decoder) fails here: the demo
-then lands at the text-only baseline.
+then lands at or below the text-only baseline (0.24 against 0.33 with the projector output zeroed).
 """
 
 import json
