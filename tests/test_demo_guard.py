@@ -1,4 +1,4 @@
-"""Demo guard (SLOW: the README's full demo, ~3 minutes on an idle 2-core CPU, 20 on a loaded one; marked `demo`,
+"""Demo guard (SLOW: the README's full demo, ~2 minutes on an idle 2-core CPU, 20 on a loaded one; marked `demo`,
 deselect with `-m "not demo"`; CI runs it).
 
 Runs `python -m xllava_jax.main --config configs/demo.py --workdir DIR` as the README gives it and checks its
@@ -23,7 +23,7 @@ from xllava_jax.tokenizer.report import read_lines
 REPO = Path(__file__).parents[1]
 LANGS = ("en", "ko", "zh")
 KINDS = ("color", "position", "shape")
-# The demo reaches 0.99 per language (stage 2 at 3000 steps; >= 0.85 at the shipped 2000) against a text-only
+# The demo reaches 0.92-0.98 per language (stage 2 at the shipped 2000 steps; 0.99 at 3000) against a text-only
 # baseline of 0.33 (per kind 0.27-0.42); with the projector output zeroed it lands at 0.24. The margins leave room
 # for another CPU's round-off (a different greedy answer here and there) and still fail a model blind to the image.
 LANGUAGE_MARGIN = 0.25
