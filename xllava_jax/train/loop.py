@@ -153,7 +153,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
     done = start
     tick, ticked = time.perf_counter(), start
     samples = 0
-    previous = None  # the last step's metrics: the non-finite streak is read one step behind
+    prior = None  # the last step's metrics: the non-finite streak is read one step behind
     flops_of, window_flops = {}, 0.0  # model FLOPs per batch shape, and of the steps since the last log
     try:
         with Preempted() as preempted:
@@ -178,11 +178,11 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
                 save = done % config.checkpoint.every_steps == 0 or done == total or stop
                 # no per-step wait for the device: read the previous step's streak (step `done` runs on while the
                 # host builds the next batch), this step's too only before a save
-                streak = int(jax.device_get(previous["nonfinite_streak"])) if previous is not None else 0
+                streak = int(jax.device_get(prior["nonfinite_streak"])) if prior is not None else 0
                 if streak >= config.train.max_nonfinite:
                     raise _nonfinite(streak, done - 1, config, saved)
                 streak = int(jax.device_get(metrics["nonfinite_streak"])) if save else streak
-                previous = metrics
+                prior = metrics
                 do_eval = bool(config.eval.every_steps and config.eval_data.files
                                and done % config.eval.every_steps == 0)
                 if done % config.log.every_steps == 0 or done == total or stop or do_eval or streak:
