@@ -8,7 +8,7 @@ bf16 compute, fp32 params (so fp32 AdamW moments and gradients), remat "full", s
 devices x tensor=1, DEFAULT_RULES, global batch 128, grad_accum 1. The TPU compiler's own
 figures (python -m xllava_jax.aot, bench/SCALE.md) replace this plan where a TPU target is concerned.
 
-1. Static memory per device, from jax.eval_shape only (nothing allocated): the project's own make_harness /
+1. Static memory per device, from jax.eval_shape only (nothing allocated): the project's own stage_harness /
    abstract_state on an AbstractMesh of N devices gives every leaf of the train state its NamedSharding from
    the logical-axis rules; bytes per device = sum over leaves of prod(shard_shape) * itemsize.
      params     = trainable (projector, language_model) + frozen (vision_tower)
@@ -94,10 +94,9 @@ from xllava_jax.models.llama import LlamaConfig  # noqa: E402
 from xllava_jax.models.llava import LlavaConfig  # noqa: E402
 from xllava_jax.models.params import abstract_params  # noqa: E402
 from xllava_jax.models.vocab import padded_size  # noqa: E402
-from xllava_jax.train.harness import make_harness  # noqa: E402
+from xllava_jax.train.harness import stage_harness  # noqa: E402
 from xllava_jax.train.initialize import exec_kwargs  # noqa: E402
 from xllava_jax.sharding import MESH_AXES, make_mesh  # noqa: E402
-from xllava_jax.train.state import abstract_state  # noqa: E402
 from xllava_jax.train.validate import trainable_groups  # noqa: E402
 
 GiB = 2 ** 30
@@ -160,9 +159,10 @@ def global_bytes(tree) -> int:
 def state_plan(cfg: LlavaConfig, config, mesh, grad_accum: int = 1) -> dict:
     """Per-device bytes of params / optimizer state / gradients on `mesh` (a Mesh or an AbstractMesh)."""
     groups = trainable_groups(config)
-    h = make_harness(cfg, groups, config.optim, 1000, mesh, tuple(tuple(r) for r in config.logical_axis_rules),
-                     grad_accum)
-    st = abstract_state(cfg, groups, h.tx, h.shardings)
+    config = config.copy_and_resolve_references()
+    config.train.grad_accum = grad_accum
+    h = stage_harness(config, cfg, 1000, mesh)
+    st = h.abstract_state()
     out = {"trainable": device_bytes(st.params), "frozen": device_bytes(st.frozen),
            "opt": device_bytes(st.opt_state), "scalars": device_bytes((st.step, st.nonfinite_streak,
                                                                         st.nonfinite_total)),

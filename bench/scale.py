@@ -77,8 +77,9 @@ def run_row(row: str, exact_cost: bool = True) -> None:
 def table() -> str:
     """The markdown of SCALE.md."""
     head = ("| config | slice | attention / remat | params | optimizer | gradients | temporaries | total / HBM | fits "
-            "| est. step | est. MFU | tokens/s | compile |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    lines, missing = [head], []
+            "| FLOPs / model FLOPs | est. step >= | est. MFU <= | tokens/s <= | compile |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines, missing, marked = [head], [], False
     for row in rows():
         path = OUT / f"{row.replace('/', '__')}.json"
         if not path.exists():
@@ -87,14 +88,20 @@ def table() -> str:
         j = json.loads(path.read_text())
         b = {k: v / GiB for k, v in j["bytes_per_device"].items()}
         config, topology, variant = row.split("/")
+        old = "" if "model_flops_per_device" in j else " (a)"
         lines.append(
-            f"| {config} | {topology} ({j['num_devices']} chips) | {j['attention']} / {j.get('remat_policy', '')} "
+            f"| {config}{old} | {topology} ({j['num_devices']} chips) | {j['attention']} / {j.get('remat_policy', '')} "
             f"| {b['params']:.1f} | {b['optimizer']:.1f} | {b['gradients']:.1f} | {b['temporaries']:.1f} "
             f"| {b['total']:.1f} / {j['hbm_bytes'] / GiB:.1f} | {'yes' if j['fits'] else '**no**'} "
-            + (f"| {j['est_step_s']:.2f} s | {100 * j['est_mfu']:.0f}% | {j['tokens_per_s']:,.0f} "
-               if j.get("cost_compile_s") else "| - | - | - ") +
+            + (f"| {j['flops'] / j['model_flops_per_device']:.2f} | {j['est_step_s']:.2f} s | {100 * j['est_mfu']:.0f}% "
+               f"| {j['tokens_per_s']:,.0f} " if j.get("cost_compile_s") and not old else "| - | - | - | - ") +
             f"| {j['compile_s'] + j.get('cost_compile_s', 0):.0f} s |")
+        marked = marked or bool(old)
     text = "\n".join(lines)
+    if marked:
+        text += ("\n\n(a) compiled before frozen towers were held in bf16 (`model.frozen_dtype`: CLIP then fp32, "
+                 "at most 0.02 GiB more per device in these stage-2 rows) and before the FLOP count moved to a "
+                 "4-chip slice: no step time or MFU shown.")
     if missing:
         text += "\n\nRows not compiled yet (one command each; `python bench/scale.py --run ROW` does it too):\n\n"
         text += "\n".join(f"- `{r}`: `{' '.join(['python'] + command(r)[1:])}`".replace(str(ROOT) + "/", "")

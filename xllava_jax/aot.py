@@ -8,8 +8,9 @@ The config's mesh is built on the topology's devices; the exact jitted step of t
 shardings, donation, remat, grad_accum) is lowered on ShapeDtypeStruct inputs (nothing is allocated) and
 compiled. Printed per device: parameter, optimizer-state, gradient and temporary bytes (compiler's
 memory_analysis; params/optimizer/gradients from the state's shardings), the chip's HBM and whether the total
-fits, the compiler's FLOP count and roofline step time (cost_analysis `optimal_seconds`; XLA counts a scanned
-layer once, so layer_cost extrapolates unrolled 1-2 layer compiles), and the MFU and tokens/s they imply.
+fits, the compiler's FLOP count (cost_analysis of unrolled 1-2 layer compiles on a 4-chip slice of the same
+chip, extrapolated: layer_cost) and the step time it bounds (max of FLOPs / peak and the compiler's roofline
+`optimal_seconds`), and the MFU and tokens/s they imply: a lower bound on step time, an upper bound on MFU.
 Exit 0 fits, 1 does not, 2 bad config, 3 the compile failed. docs/multihost.md has the details.
 
 Topologies: Cloud TPU names (v4-N and v5p-N count TensorCores, 2 per chip; v5litepod-N / v5e-N and v6e-N
@@ -264,14 +265,9 @@ def _cost(compiled: Any) -> dict:
 
 def _compile_step(config: Any, cfg: Any, mesh: Any) -> tuple[Any, Any, dict, float]:
     """(compiled step, abstract state, abstract batch, compile seconds) of the stage's train step."""
-    from xllava_jax.train.harness import make_harness
-    from xllava_jax.train.state import abstract_state
-    from xllava_jax.train.validate import trainable_groups
-    groups = trainable_groups(config)
-    rules = tuple(tuple(r) for r in config.logical_axis_rules)
-    h = make_harness(cfg, groups, config.optim, 1000, mesh, rules, config.train.grad_accum,
-                     config.train.consistency_weight)
-    state = abstract_state(cfg, groups, h.tx, h.shardings)
+    from xllava_jax.train.harness import stage_harness
+    h = stage_harness(config, cfg, 1000, mesh)
+    state = h.abstract_state()
     batch = abstract_batch(config, cfg, mesh)
     start = time.perf_counter()
     compiled = h.jit_step(batch).lower(state, batch).compile()
@@ -287,37 +283,52 @@ def _with_layers(cfg: Any, text: int, vision: int) -> Any:
                                vision=dataclasses.replace(cfg.vision, num_hidden_layers=vision, scan_layers=False))
 
 
-def layer_cost(config: Any, cfg: Any, mesh: Any) -> tuple[float, float, float]:
-    """(flops, optimal_seconds, compile seconds) of the full step from unrolled 1-2 layer compiles.
+def one_host(topo: Topology) -> Topology:
+    """The 4-chip, single-host slice of the same generation."""
+    return Topology(topo.chip, (2, 2, 1) if topo.chip.dims == 3 else (2, 2))
+
+
+def layer_cost(config: Any, cfg: Any, devices: list) -> tuple[float, float]:
+    """(FLOPs of one full step summed over all devices, compile seconds), from unrolled 1-2 layer compiles on
+    `devices` (a single-host slice: see compile_train).
 
     XLA's cost analysis counts a while loop's body once, so the scanned step (layers, grad_accum microbatches)
     is undercounted. Cost is linear in the layer counts: F(a, b) = c + a * t + b * v for a decoder and b CLIP
-    layers, so F(1, 2), F(2, 2) and F(1, 3) give F(L, Lv) (one microbatch, times grad_accum).
+    layers, so F(1, 2), F(2, 2) and F(1, 3) give F(L, Lv) (one microbatch, times grad_accum). The cost compiles
+    use XLA attention (a Pallas kernel reports no FLOPs: for splash this counts the masked blocks it skips) and
+    plain FSDP over `devices`, the microbatch rounded up to a multiple of their number and the count scaled back.
     """
     from xllava_jax.models.llava import LlavaConfig
-    accum = config.train.grad_accum
+    from xllava_jax.sharding import make_mesh
+    accum, n = config.train.grad_accum, len(devices)
+    rows = config.train.batch_size // accum
+    padded = -(-rows // n) * n
     micro = config.copy_and_resolve_references()
-    micro.train.update(batch_size=config.train.batch_size // accum, grad_accum=1)
+    micro.train.update(batch_size=padded, grad_accum=1)
+    micro.model.attention = "xla"
+    micro.mesh.update(data=1, fsdp=-1, tensor=1)
+    mesh = make_mesh(1, -1, 1, devices=devices)
     llava = isinstance(cfg, LlavaConfig)
     text_layers = (cfg.text if llava else cfg).num_hidden_layers
     points = [(1, 2), (2, 2)] + ([(1, 3)] if llava else [])
     costs, seconds = [], 0.0
     for a, b in points:
         compiled, _, _, s = _compile_step(micro, _with_layers(cfg, a, b), mesh)
-        c = _cost(compiled)
-        costs.append(np.array([float(c.get("flops", 0.0)), max(float(c.get("optimal_seconds", 0.0)), 0.0)]))
+        costs.append(float(_cost(compiled).get("flops", 0.0)) * n)
         seconds += s
     total = costs[0] + (text_layers - 1) * (costs[1] - costs[0])
     if llava:
-        total = total + (cfg.vision.num_hidden_layers - 2) * (costs[2] - costs[0])
-    return float(total[0]) * accum, float(total[1]) * accum, seconds
+        total += (cfg.vision.num_hidden_layers - 2) * (costs[2] - costs[0])
+    return total * accum * rows / padded, seconds
 
 
-def compile_train(config: Any, cfg: Any, devices: list, exact_cost: bool = True) -> dict:
+def compile_train(config: Any, cfg: Any, devices: list, cost_devices: list | None = None) -> dict:
     """Compile the stage's train step on `devices`; the report (bytes per device, flops, timings).
 
-    Memory is the compiled step's own; FLOPs and roofline time come from layer_cost when `exact_cost`
-    (else the scanned step's undercount)."""
+    Memory is the compiled step's own. FLOPs come from layer_cost on `cost_devices` (a single-host slice of
+    the same chip), spread evenly over `devices`: on multi-host v5p slices the TPU compiler's count of the
+    sharded step itself is short (0.67x the analytic count on v5p-64 for a plain decoder, exact on 4 chips;
+    bench/SCALE.md). Without `cost_devices`, the scanned step's own (under)count."""
     from xllava_jax.sharding import make_mesh
     from xllava_jax.train.metrics import step_flops
     from xllava_jax.train.validate import trainable_groups
@@ -327,8 +338,9 @@ def compile_train(config: Any, cfg: Any, devices: list, exact_cost: bool = True)
     kernels = compiled.as_text().count("tpu_custom_call")
     flops, optimal = float(cost.get("flops", 0.0)), float(cost.get("optimal_seconds", -1.0))
     cost_s = 0.0
-    if exact_cost:
-        flops, optimal, cost_s = layer_cost(config, cfg, mesh)
+    if cost_devices:
+        total_flops, cost_s = layer_cost(config, cfg, cost_devices)
+        flops = total_flops / len(devices)
     params, opt = _leaf_bytes((state.params, state.frozen)), _leaf_bytes(state.opt_state)
     grads = _leaf_bytes(state.params) * (2 if config.train.grad_accum > 1 else 1)
     temps = mem.temp_size_in_bytes
@@ -414,7 +426,8 @@ def summarize(report: dict, topo: Topology, num_devices: int, hbm: float = 0.0) 
     mfu = report["model_flops"] / (est * chip.peak * num_devices) if est > 0 else 0.0
     return {"topology": topo.accelerator_type, "grid": topo.name, "num_devices": num_devices, "hbm_bytes": hbm,
             "bytes_per_device": report["bytes_per_device"], "fits": report["bytes_per_device"]["total"] <= hbm,
-            "flops": per_device, "est_step_s": est, "est_mfu": mfu,
+            "flops": per_device, "model_flops_per_device": report["model_flops"] / num_devices,
+            "est_step_s": est, "est_mfu": mfu,
             "tokens_per_s": report["tokens"] / est if est > 0 else 0.0, "compile_s": report["compile_s"],
             **{k: report[k] for k in ("prefill_s", "decode_s", "mosaic_kernels", "cost_compile_s") if k in report}}
 
@@ -455,7 +468,8 @@ def run(config: Any, topology: str, what: str = "train", gen: Sequence[int] = (8
         cfg.validate() if hasattr(cfg, "validate") else None
     except ValueError as e:
         raise BadConfig(str(e)) from e
-    report = (compile_train(config, cfg, devices, exact_cost) if what == "train"
+    cost_devices = tpu_devices(one_host(topo)) if exact_cost and what == "train" else None
+    report = (compile_train(config, cfg, devices, cost_devices) if what == "train"
               else compile_generate(config, cfg, devices, *gen))
     return summarize(report, topo, len(devices), hbm), config.model.attention
 

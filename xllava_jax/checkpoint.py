@@ -3,7 +3,10 @@
 A checkpoint is a directory with Orbax items: `params` (the param pytree), `model_config`
 (JSON, so export needs nothing else) and, for training steps, `opt_state` and
 `data_state`. A training workdir keeps one such directory per step under
-`<workdir>/checkpoints/<step>/`.
+`<workdir>/checkpoints/<step>/`. A stage with frozen parameter groups writes them once, at its start,
+to `<workdir>/frozen/` (a params checkpoint of those groups at the precision they were loaded in); its
+step directories then hold only the trained groups, list the frozen ones in `train_state`
+(`frozen_groups`), and `load_params` merges the two.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ log = logging.getLogger(__name__)
 
 PARAMS = "params"
 MODEL_CONFIG = "model_config"
+FROZEN = "frozen"  # <workdir>/frozen: the stage's frozen groups, written once
+FROZEN_GROUPS = "frozen_groups"  # train_state key: the groups a step directory leaves to <workdir>/frozen
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -58,29 +63,55 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
     return config_from_dict(raw[MODEL_CONFIG])
 
 
+def _restore_params(directory: Path, target: Any) -> Any:
+    """The `params` item of a checkpoint directory, restored onto `target` (arrays or ShapeDtypeStructs)."""
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        return checkpointer.restore(directory, args=ocp.args.Composite(**{
+            PARAMS: ocp.args.StandardRestore(target)}))[PARAMS]
+
+
+def frozen_store(step_dir: str | os.PathLike) -> Path:
+    """Where a training step directory (<workdir>/checkpoints/<step>) keeps its stage's frozen groups."""
+    return Path(step_dir).absolute().parent.parent / FROZEN
+
+
+def save_frozen(workdir: str | os.PathLike, frozen: dict, cfg: ModelConfig) -> Path:
+    """Write a stage's frozen groups ({group: params}) once, to <workdir>/frozen (a collective)."""
+    return save_params(Path(workdir) / FROZEN, frozen, cfg)
+
+
+def load_frozen(step_dir: str | os.PathLike, groups: list[str], target: dict) -> dict:
+    """The frozen groups a step directory refers to, restored onto `target` ({group: arrays or
+    ShapeDtypeStructs}; their dtype decides the restored precision)."""
+    store = frozen_store(step_dir)
+    if not (store / PARAMS).is_dir():
+        raise FileNotFoundError(f"checkpoint {step_dir} keeps its frozen groups {groups} in {store}, which is "
+                                f"missing: copy the workdir's '{FROZEN}' folder along with its step directories")
+    return _restore_params(store, {g: target[g] for g in groups})
+
+
 def load_params(path: str | os.PathLike, shardings: Any = None, to_host: bool = False) -> tuple[ModelConfig, Any]:
-    """(model config, params) of a checkpoint; `shardings` (a pytree like the params) places
-    each array directly on its devices; `to_host` reads NumPy arrays into host memory (no device holds
-    the model: what training start-up places with the step's shardings); otherwise params land on the
-    first local device, whatever mesh or number of processes wrote the checkpoint."""
+    """(model config, params) of a checkpoint (a step's frozen groups merged in from its workdir's store);
+    `shardings` (a pytree like the params) places each array directly on its devices; `to_host` reads NumPy
+    arrays into host memory (no device holds the model: what training start-up places with the step's
+    shardings); otherwise params land on the first local device, whatever mesh or number of processes wrote
+    the checkpoint."""
     directory = resolve(path).absolute()
     cfg = load_config(directory)
     abstract = abstract_params(cfg)
     if to_host:
         target = jax.tree_util.tree_map(lambda a: np.empty(a.shape, a.dtype), abstract)  # pages untouched until read
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-            restored = checkpointer.restore(directory, args=ocp.args.Composite(**{
-                PARAMS: ocp.args.StandardRestore(target)}))
-        return cfg, restored[PARAMS]
-    if shardings is None:
-        shardings = jax.tree_util.tree_map(lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
-                                           abstract)
-    abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                      abstract, shardings)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        restored = checkpointer.restore(directory, args=ocp.args.Composite(**{
-            PARAMS: ocp.args.StandardRestore(abstract)}))
-    return cfg, restored[PARAMS]
+    else:
+        if shardings is None:
+            shardings = jax.tree_util.tree_map(
+                lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]), abstract)
+        target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                        abstract, shardings)
+    groups = load_train_state(directory).get(FROZEN_GROUPS) or []
+    if not groups:
+        return cfg, _restore_params(directory, target)
+    trained = _restore_params(directory, {k: v for k, v in target.items() if k not in groups})
+    return cfg, {**load_frozen(directory, groups, target), **trained}
 
 
 # ---- training checkpoints: <workdir>/checkpoints/<step>/{params, opt_state, data_state, train_state, model_config}
@@ -152,12 +183,24 @@ class TrainCheckpoints:
             DATA_STATE: ocp.args.JsonSave(data_state), TRAIN_STATE: ocp.args.JsonSave(train_state),
             MODEL_CONFIG: ocp.args.JsonSave(config_to_dict(cfg))}), force=force)
 
-    def restore(self, step: int, abstract_params_tree: Any, abstract_opt_state: Any) -> dict:
-        """{params, opt_state, data_state, train_state} of `step`, arrays placed by the abstract trees' shardings."""
+    def restore(self, step: int, abstract_params_tree: Any, abstract_opt_state: Any, abstract_frozen: dict) -> dict:
+        """{params, frozen, opt_state, data_state, train_state} of `step`, arrays placed (and cast) as the abstract
+        trees say: `abstract_params_tree` the saved params without the frozen groups, `abstract_frozen` those
+        ({group: ShapeDtypeStruct}, from the frozen store; a step saved with every group in `params`, as before
+        the store existed, still restores)."""
+        saved = self.manager.restore(step, args=ocp.args.Composite(**{TRAIN_STATE: ocp.args.JsonRestore()}))
+        groups = (saved[TRAIN_STATE] or {}).get(FROZEN_GROUPS)
+        params_target = abstract_params_tree if groups or not abstract_frozen else {**abstract_frozen,
+                                                                                   **abstract_params_tree}
         restored = self.manager.restore(step, args=ocp.args.Composite(**{
-            PARAMS: ocp.args.StandardRestore(abstract_params_tree), OPT_STATE: ocp.args.StandardRestore(abstract_opt_state),
+            PARAMS: ocp.args.StandardRestore(params_target), OPT_STATE: ocp.args.StandardRestore(abstract_opt_state),
             DATA_STATE: ocp.args.JsonRestore(), TRAIN_STATE: ocp.args.JsonRestore()}))
-        return {k: restored[k] for k in (PARAMS, OPT_STATE, DATA_STATE, TRAIN_STATE)}
+        out = {k: restored[k] for k in (PARAMS, OPT_STATE, DATA_STATE, TRAIN_STATE)}
+        params = out[PARAMS]
+        out[FROZEN] = (load_frozen(self.step_dir(step), groups, abstract_frozen) if groups
+                       else {g: params[g] for g in abstract_frozen})
+        out[PARAMS] = {k: v for k, v in params.items() if k not in abstract_frozen} if abstract_frozen else params
+        return out
 
     def step_dir(self, step: int) -> Path:
         """Directory of one step."""

@@ -23,6 +23,9 @@ def model_config() -> ml_collections.ConfigDict:
     # execution: how the towers run, applied whatever the init source
     m.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16
     m.param_dtype = "float32"  # storage dtype of parameters (and so of optimizer moments)
+    # storage dtype of the frozen groups ('' = param_dtype): bf16 halves a frozen tower's memory; each stage
+    # stores its frozen groups once, at the precision they were loaded in (<workdir>/frozen, docs/training.md)
+    m.frozen_dtype = ""
     m.attention = "auto"  # auto (splash on TPU, cudnn on NVIDIA GPUs, else xla) | xla | cudnn | splash
     m.scan_layers = True  # nn.scan over layers (False unrolls the same parameters)
     m.remat_policy = "none"  # none | full | dots | dots_no_batch | any jax.checkpoint_policies name
@@ -149,13 +152,13 @@ def llava15_recipe(stage: int, llm: str, *, vision: str = "clip-vit-large-patch1
     stage 1: projector only, global batch 256, lr 1e-3, template plain, blip_laion_cc_sbu_558k;
     stage 2: projector + LLM, global batch 128, lr 2e-5, template vicuna_v1, llava_v1_5_mix665k,
     group_by_modality_length, images padded to a square (stage 1: resized + centre-cropped). Both: 1 epoch, warmup ratio 0.03, cosine, no weight decay, max length 2048,
-    bf16 compute, full remat, FSDP over every device.
+    bf16 compute (fp32 master weights, frozen towers stored in bf16), full remat, FSDP over every device.
     """
     if stage not in (1, 2):
         raise ValueError(f"LLaVA-1.5 has stages 1 and 2, got {stage}")
     c = base_config(stage)
     c.tokenizer = llm  # the LLM's HF directory holds tokenizer.model (<image>/<pad> appended like llava-hf)
-    c.model.update(dtype="bfloat16", param_dtype="float32", remat_policy="full")
+    c.model.update(dtype="bfloat16", param_dtype="float32", frozen_dtype="bfloat16", remat_policy="full")
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     # pretrain.sh sets no --image_aspect_ratio (resize + centre crop); finetune.sh sets `pad`
     c.data.update(root=data_dir, max_len=2048, pad_image=stage == 2, num_workers=8)

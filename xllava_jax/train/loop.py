@@ -20,13 +20,14 @@ import numpy as np
 from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.tokenizer.spm import load_tokenizer
 from xllava_jax.train import inputs, trainable
-from xllava_jax.checkpoint import TrainCheckpoints, all_process_states, load_config, this_process_state
-from xllava_jax.train.harness import Harness, make_harness
+from xllava_jax.checkpoint import (FROZEN_GROUPS, TrainCheckpoints, all_process_states, load_config, save_frozen,
+                                   this_process_state)
+from xllava_jax.train.harness import Harness, stage_harness
 from xllava_jax.train.initialize import initial_model, with_exec
 from xllava_jax.train.loss import modality_gap
 from xllava_jax.train.metrics import MetricsWriter, step_flops
 from xllava_jax.sharding import make_mesh
-from xllava_jax.train.state import TrainState, abstract_state
+from xllava_jax.train.state import TrainState
 from xllava_jax.train.step import eval_step_fn, jit_eval_step
 from xllava_jax.train.validate import trainable_groups, validate
 
@@ -81,14 +82,19 @@ def _abstract_batch(batch: dict) -> dict:
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
 
 
+def _trained(h: Harness, state: TrainState) -> dict:
+    """The params a step checkpoint holds: the full tree without the frozen groups (those are in the store)."""
+    return trainable.merge(state.params, {}, h.is_llava)
+
+
 def _resume(ckpts: TrainCheckpoints, step: int, h: Harness) -> tuple[TrainState, dict]:
     """The state and data-iterator state of a checkpoint step."""
-    abstract = abstract_state(h.cfg, h.groups, h.tx, h.shardings)
-    restored = ckpts.restore(step, h.params(abstract), abstract.opt_state)
-    t, f = trainable.split(restored["params"], h.groups, h.is_llava)
+    abstract = h.abstract_state()
+    restored = ckpts.restore(step, _trained(h, abstract), abstract.opt_state, abstract.frozen)
+    t, _ = trainable.split(restored["params"], h.groups, h.is_llava)
     ts = restored["train_state"]
     scalar = lambda v: jax.device_put(jnp.int32(v), h.shardings.step)  # noqa: E731
-    state = TrainState(scalar(ts["step"]), t, f, restored["opt_state"], scalar(ts["nonfinite_streak"]),
+    state = TrainState(scalar(ts["step"]), t, restored["frozen"], restored["opt_state"], scalar(ts["nonfinite_streak"]),
                        scalar(ts["nonfinite_total"]))
     return state, this_process_state(restored["data_state"])
 
@@ -134,14 +140,16 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
     source = inputs.load_records(config.data, config.seed)
     total = inputs.steps_for(config, len(source) if config.train.num_steps > 0 else inputs.rows_per_epoch(
         config.data, source, tok, cfg, config.train.batch_size, config.seed))
-    h = make_harness(cfg, groups, config.optim, total, mesh, rules, config.train.grad_accum,
-                     config.train.consistency_weight, config.train.consistency_text_grad)
+    h = stage_harness(config, cfg, total, mesh)
     data_state = None
     if latest is not None:
         state, data_state = _resume(ckpts, latest, h)
         log.info("resumed %s at step %d", workdir, latest)
     else:
         state = h.init_state(host_params, config.seed)
+        if state.frozen:  # written once, at the precision they were loaded in (random ones: as stored)
+            save_frozen(workdir, trainable.split(host_params, groups, is_llava)[1] if host_params is not None
+                        else state.frozen, cfg)
     it = inputs.make_iterator(config.data, source, tok, cfg, config.train.batch_size, config.seed)
     if data_state is not None:
         it.set_state(data_state)
@@ -204,8 +212,9 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
                 if streak >= config.train.max_nonfinite:
                     raise _nonfinite(streak, done, config, saved)
                 if save:
-                    ckpts.save(done, h.params(state), state.opt_state,
+                    ckpts.save(done, _trained(h, state), state.opt_state,
                                all_process_states(it.get_state()), {"step": done, "nonfinite_streak": streak,
+                                                FROZEN_GROUPS: sorted(state.frozen),
                                                 "nonfinite_total": int(state.nonfinite_total), "stage": config.stage,
                                                 "total_steps": total, "template": config.data.template,
                                                 "instruction": config.data.get("instruction")}, cfg)

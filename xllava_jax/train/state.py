@@ -51,10 +51,12 @@ def state_shardings(cfg: ModelConfig, groups: tuple[str, ...], tx: optax.Gradien
 
 
 def abstract_state(cfg: ModelConfig, groups: tuple[str, ...], tx: optax.GradientTransformation,
-                   shardings: TrainState) -> TrainState:
-    """ShapeDtypeStructs (with shardings) of the state: the restore target of a checkpoint."""
+                   shardings: TrainState, frozen_dtype: str = "") -> TrainState:
+    """ShapeDtypeStructs (with shardings) of the state: the restore target of a checkpoint. Frozen groups are
+    stored as `frozen_dtype` ('' = like the trained ones)."""
     is_llava = isinstance(cfg, LlavaConfig)
     abstract_t, abstract_f = trainable.split(abstract_params(cfg), groups, is_llava)
+    abstract_f = trainable.with_dtype(abstract_f, frozen_dtype)
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
     state = TrainState(scalar, abstract_t, abstract_f, jax.eval_shape(tx.init, abstract_t), scalar, scalar)
     return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)

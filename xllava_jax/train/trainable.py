@@ -35,6 +35,22 @@ def merge(trainable: dict, frozen: dict, is_llava: bool) -> dict:
     return ungroup_tree({**frozen, **trainable}, is_llava)
 
 
+def with_dtype(tree: dict, dtype: str) -> dict:
+    """`tree` (arrays, NumPy arrays or ShapeDtypeStructs) stored as `dtype` ('' leaves it as it is)."""
+    import jax
+
+    from xllava_jax.models.layers import DTYPES
+    if not dtype:
+        return tree
+    to = DTYPES[dtype]
+
+    def leaf(x: Any) -> Any:
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, to, sharding=x.sharding)
+        return x if x.dtype == to else x.astype(to)
+    return jax.tree_util.tree_map(leaf, tree)
+
+
 def count(tree: Any) -> int:
     """Number of scalars in a pytree of arrays or shape structs."""
     import math

@@ -139,6 +139,8 @@ def _model_problems(config: ml_collections.ConfigDict) -> list[str]:
     for field in ("dtype", "param_dtype"):
         if m[field] not in DTYPES:
             p.append(f"model.{field}={m[field]!r}; expected one of {sorted(DTYPES)}")
+    if m.get("frozen_dtype", "") not in ("", *DTYPES):
+        p.append(f"model.frozen_dtype={m.frozen_dtype!r}; expected '' (= param_dtype) or one of {sorted(DTYPES)}")
     if m.attention not in ATTENTION_IMPLEMENTATIONS:
         p.append(f"model.attention={m.attention!r}; expected one of {ATTENTION_IMPLEMENTATIONS}")
     if m.attention == "cudnn" and m.dtype == "float32":
