@@ -94,6 +94,7 @@ from xllava_jax.models.llama import LlamaConfig  # noqa: E402
 from xllava_jax.models.llava import LlavaConfig  # noqa: E402
 from xllava_jax.models.params import abstract_params  # noqa: E402
 from xllava_jax.models.vocab import padded_size  # noqa: E402
+from xllava_jax.train import trainable  # noqa: E402
 from xllava_jax.train.harness import stage_harness  # noqa: E402
 from xllava_jax.train.initialize import exec_kwargs  # noqa: E402
 from xllava_jax.sharding import MESH_AXES, make_mesh  # noqa: E402
@@ -167,7 +168,8 @@ def state_plan(cfg: LlavaConfig, config, mesh, grad_accum: int = 1) -> dict:
            "opt": device_bytes(st.opt_state), "scalars": device_bytes((st.step, st.nonfinite_streak,
                                                                         st.nonfinite_total)),
            "trainable_global": global_bytes(st.params), "frozen_global": global_bytes(st.frozen),
-           "groups": groups, "harness": h, "state": st}
+           "groups": groups, "harness": h, "state": st,
+           "frozen_dtype": config.model.frozen_dtype or config.model.param_dtype}
     out["params"] = out["trainable"] + out["frozen"]
     out["grads"] = out["trainable"] * (2 if grad_accum > 1 else 1)  # + the scan accumulator
     replicated = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(st.params)
@@ -250,7 +252,7 @@ def markdown(plans: list[tuple[str, dict]], reserve: float) -> str:
 
     row("devices (mesh data x fsdp x tensor)", lambda p: f"{p['n']} (1 x {p['n']} x 1)")
     row("shipped micro-batch / device (global 128, accum 1)", lambda p: f"{p['mb']} rows x 2048")
-    row("params (trainable + frozen, fp32)", lambda p: f"{gib(p['state']['params'])} "
+    row(f"params (trainable fp32 + frozen {plans[0][1]['state']['frozen_dtype']})", lambda p: f"{gib(p['state']['params'])} "
         f"({gib(p['state']['trainable'])} + {gib(p['state']['frozen'])})")
     row("optimizer state (AdamW mu+nu, trainable)", lambda p: gib(p["state"]["opt"]))
     row("gradients (fp32, trainable)", lambda p: gib(p["state"]["grads"]))
@@ -350,7 +352,7 @@ def main() -> None:
         plans.append((name, p))
         s = p["state"]
         print(f"\n{name}: {n} devices, mesh {mesh_sizes(config, n)}; params {s['trainable_global'] / 1e9 / 4:.3f}B "
-              f"trainable + {s['frozen_global'] / 1e9 / 4:.3f}B frozen (fp32); "
+              f"trainable + {trainable.count(s['state'].frozen) / 1e9:.3f}B frozen ({s['frozen_dtype']}); "
               f"large replicated trainable leaves: {s['replicated_large'] or 'none'}")
         print("  activation terms at the shipped micro-batch "
               f"{p['mb']}: " + ", ".join(f"{k} {gib(x)}" for k, x in p["act"].items()))

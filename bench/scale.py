@@ -29,6 +29,7 @@ CONFIGS = {  # row name -> config file[:arg]
     "llava15_13b_s1": "configs/llava15_13b.py:stage1", "llava15_13b_s2": "configs/llava15_13b.py:stage2",
     "xllava_13b_s0": "configs/xllava_13b_stage0.py", "xllava_13b_s1": "configs/xllava_13b_stage1.py",
     "xllava_13b_s2": "configs/xllava_13b_stage2.py",
+    "lrm_13b_s1": "configs/lrm_llava_13b.py:stage1", "lrm_13b_s2": "configs/lrm_llava_13b.py:stage2",
 }
 TOPOLOGIES = ("v5p-64", "v5litepod-256", "v4-64", "v6e-64")
 VARIANTS = {  # variant name -> extra overrides (attention auto = splash on TPU)
@@ -38,12 +39,13 @@ VARIANTS = {  # variant name -> extra overrides (attention auto = splash on TPU)
 
 
 BATCH = {"s0": 64, "s1": 256, "s2": 128}  # shipped global batch per stage
+BATCH_OF = {"lrm_13b_s1": 192, "lrm_13b_s2": 256}  # configs whose batch differs from their stage's
 CHIPS = {"v5p-64": 32, "v5litepod-256": 256, "v4-64": 32, "v6e-64": 64}
 
 
 def mesh_overrides(config: str, topology: str) -> list[str]:
     """Tensor parallelism where the slice has more chips than the global batch has rows (one row per data shard)."""
-    tensor = CHIPS[topology] // BATCH[config.rsplit("_", 1)[1]]
+    tensor = CHIPS[topology] // BATCH_OF.get(config, BATCH[config.rsplit("_", 1)[1]])
     return [f"--config.mesh.tensor={tensor}"] if tensor > 1 else []
 
 

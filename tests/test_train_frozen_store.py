@@ -106,3 +106,34 @@ def test_bf16_storage_of_frozen_groups_changes_nothing_under_bf16_compute():
     stored = trainable.merge(t, trainable.with_dtype(f, "bfloat16"), True)
     for a, b in zip(forward(model, params, batch, True), forward(model, stored, batch, True)):
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_workdir_from_before_the_store_resumes_and_gains_one(stage1, tmp_path):
+    """A step directory holding every group in `params` and no `frozen_groups` (what earlier versions wrote)
+    resumes; the run then writes the store its new steps refer to."""
+    import json
+    import shutil
+
+    c, _ = stage1
+    c.train.num_steps = 2
+    workdir = tmp_path / "run"
+    run_stage(c, workdir)
+    step = workdir / "checkpoints" / "2"
+    cfg, full = load_params(step)
+    save_params(tmp_path / "full", full, cfg)
+    shutil.rmtree(step / "params")
+    shutil.copytree(tmp_path / "full" / "params", step / "params")
+    meta = step / "train_state" / "metadata"
+    state = json.loads(meta.read_text())
+    del state[FROZEN_GROUPS]
+    meta.write_text(json.dumps(state))
+    shutil.rmtree(workdir / "frozen")
+    assert saved_groups(step) == {"vision_tower", "projector", "language_model"}
+
+    c.train.num_steps = 4
+    assert run_stage(c, workdir)["step"] == 4
+    assert saved_groups(workdir / "frozen") == {"language_model"}
+    _, params = load_params(workdir)
+    for got, want in zip(jax.tree_util.tree_leaves(params["language_model"]),
+                         jax.tree_util.tree_leaves(full["language_model"])):
+        np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-2, atol=1e-3)  # held in bf16

@@ -20,8 +20,8 @@ import numpy as np
 from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.tokenizer.spm import load_tokenizer
 from xllava_jax.train import inputs, trainable
-from xllava_jax.checkpoint import (FROZEN_GROUPS, TrainCheckpoints, all_process_states, load_config, save_frozen,
-                                   this_process_state)
+from xllava_jax.checkpoint import (FROZEN, FROZEN_GROUPS, TrainCheckpoints, all_process_states, load_config,
+                                   save_frozen, this_process_state)
 from xllava_jax.train.harness import Harness, stage_harness
 from xllava_jax.train.initialize import initial_model, with_exec
 from xllava_jax.train.loss import modality_gap
@@ -147,9 +147,11 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
         log.info("resumed %s at step %d", workdir, latest)
     else:
         state = h.init_state(host_params, config.seed)
-        if state.frozen:  # written once, at the precision they were loaded in (random ones: as stored)
-            save_frozen(workdir, trainable.split(host_params, groups, is_llava)[1] if host_params is not None
-                        else state.frozen, cfg)
+    if state.frozen and (latest is None or not (workdir / FROZEN).is_dir()):
+        # once per stage, at the precision they were loaded in (random ones, or a workdir written before the store
+        # existed: as held)
+        save_frozen(workdir, trainable.split(host_params, groups, is_llava)[1] if host_params is not None
+                    else state.frozen, cfg)
     it = inputs.make_iterator(config.data, source, tok, cfg, config.train.batch_size, config.seed)
     if data_state is not None:
         it.set_state(data_state)
