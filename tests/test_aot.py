@@ -59,7 +59,7 @@ def test_tiny_splash_step_compiles_for_v5e_2x2(tmp_path, train_subprocess_env):
     b = j["bytes_per_device"]
     assert set(b) == {"params", "optimizer", "gradients", "temporaries", "total"}
     assert 0 < b["params"] < b["total"] <= j["hbm_bytes"] and b["optimizer"] > b["gradients"] > 0, j
-    assert j["flops"] > 0 and j["est_step_s"] > 0 and 0 < j["est_mfu"] < 1, j
+    assert j["flops"] > 0 and j["est_step_s"] is None and j["est_mfu"] is None, j  # --noexact_cost: no estimate
     assert set(j) >= {"topology", "num_devices", "hbm_bytes", "bytes_per_device", "fits", "flops", "est_step_s",
                       "est_mfu", "compile_s"}
 
@@ -78,8 +78,8 @@ def test_flop_count_on_a_multi_host_slice_equals_the_analytic_count(tmp_path, tr
 
 
 def test_fits_against_the_budget():
-    report = {"bytes_per_device": {"total": 2 * 2 ** 30}, "flops": 1e12, "optimal_seconds": -1.0, "model_flops": 2e12,
-              "tokens": 1000, "compile_s": 1.0}
+    report = {"bytes_per_device": {"total": 2 * 2 ** 30}, "flops": 1e12, "flops_exact": True, "optimal_seconds": -1.0,
+              "model_flops": 2e12, "tokens": 1000, "compile_s": 1.0}
     topo = parse_topology("v5e:2x2")
     assert summarize(report, topo, 4)["fits"] and not summarize(report, topo, 4, hbm=2 ** 30)["fits"]
     s = summarize(report, topo, 4)

@@ -45,7 +45,8 @@ def check_quick_output(out):
         for arm in results[suite]:
             assert f"| {arm} | 1 |" in text
     assert text.count("| chance (uniform per question kind) |") == 4
-    assert text.count("| text-only (most common answer per kind and language) |") == 4
+    assert text.count("| text-only (most common training answer per kind and language) |") == 4
+    assert text.count("| held-out majority (the eval set's own most common answer") == 4
     assert "## Pre-registered comparisons" in text and "| H19 |" in text
     assert "--quick run: plumbing only" in text
     for png in ("xllava_table2.png", "lrm_table3.png", "lrm_fig6.png", "lrm_fig5.png", "lrm_fig5_gap.png",

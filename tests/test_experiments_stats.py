@@ -47,7 +47,9 @@ def test_paired_difference_is_by_seed():
     (">", [0.2, 0.21, 0.22], "reproduced"), (">", [0.1, 0.2, 0.3], "same direction"),
     (">", [-0.2, -0.21, -0.22], "opposite, interval excludes 0"), ("<", [-0.2, -0.21, -0.22], "reproduced"),
     ("<", [0.2, 0.21, 0.22], "opposite, interval excludes 0"), ("<", [0.1, 0.2, 0.3], "opposite direction"), ("noninferior:0.05", [0.0, 0.01, -0.01], "holds"),
-    ("noninferior:0.05", [0.0, -0.2, 0.1], "not shown"), (">", [0.2], "one seed")])
+    ("noninferior:0.05", [0.0, -0.2, 0.1], "not shown"), (">", [0.2], "one seed"),
+    # paired accuracy differences that cancel: their float mean is -1.85e-17, not a direction
+    (">", [0.0125, -0.00625 - 0.00625, 0.0 - 1.85e-17 * 3], "no difference")])
 def test_verdicts(expect, values, word):
     assert report.verdict(expect, stats.mean_ci95(values)).startswith(word)
 

@@ -59,3 +59,10 @@ def test_text_only_baseline_by_hand(small_world):
     assert b["text_only"]["acc_ko"] <= 1 - sum(q["kind"] == "fruit" for q in ko) / len(ko) + 1e-9
     # chance: mean over questions of 1 / (answers of its kind): kinds have 4, 3, 4, 4 answers, equally often
     assert b["chance"]["acc_en"] == pytest.approx((1 / 4 + 1 / 3 + 1 / 4 + 1 / 4) / 4)
+    # held-out majority: per (kind, language), the count of its most common held-out answer, over the questions
+    for lang in ("en", "ko", "zh"):
+        mine = [q for q in qs if q["lang"] == lang]
+        top = sum(max(sum(r["answer"] == a for r in mine if r["kind"] == k) for a in {r["answer"] for r in mine
+                                                                                      if r["kind"] == k})
+                  for k in {q["kind"] for q in mine})
+        assert b["heldout_majority"][f"acc_{lang}"] == pytest.approx(top / len(mine))

@@ -350,7 +350,7 @@ def compile_train(config: Any, cfg: Any, devices: list, cost_devices: list | Non
     images = b * config.data.max_images_per_row if "pixel_values" in batch else 0
     return {"bytes_per_device": {"params": params, "optimizer": opt, "gradients": grads,
                                  "temporaries": temps, "total": total},
-            "flops": flops, "optimal_seconds": optimal, "cost_compile_s": cost_s,
+            "flops": flops, "flops_exact": bool(cost_devices), "optimal_seconds": optimal, "cost_compile_s": cost_s,
             "model_flops": step_flops(cfg, trainable_groups(config), b * t, t, images), "tokens": b * t,
             "compile_s": seconds, "mosaic_kernels": kernels}
 
@@ -421,14 +421,16 @@ def summarize(report: dict, topo: Topology, num_devices: int, hbm: float = 0.0) 
     chip = topo.chip
     hbm = hbm or chip.hbm
     per_device = report["flops"]
-    est = report["optimal_seconds"] if report["optimal_seconds"] > 0 else per_device / chip.peak
-    est = max(est, per_device / chip.peak)
-    mfu = report["model_flops"] / (est * chip.peak * num_devices) if est > 0 else 0.0
+    est = mfu = tokens_per_s = None  # only from a whole FLOP count (a loop body counted once gives nonsense)
+    if report.get("flops_exact"):
+        est = max(report["optimal_seconds"], per_device / chip.peak)
+        mfu = report["model_flops"] / (est * chip.peak * num_devices) if est > 0 else 0.0
+        tokens_per_s = report["tokens"] / est if est > 0 else 0.0
     return {"topology": topo.accelerator_type, "grid": topo.name, "num_devices": num_devices, "hbm_bytes": hbm,
             "bytes_per_device": report["bytes_per_device"], "fits": report["bytes_per_device"]["total"] <= hbm,
             "flops": per_device, "model_flops_per_device": report["model_flops"] / num_devices,
             "est_step_s": est, "est_mfu": mfu,
-            "tokens_per_s": report["tokens"] / est if est > 0 else 0.0, "compile_s": report["compile_s"],
+            "tokens_per_s": tokens_per_s, "compile_s": report["compile_s"],
             **{k: report[k] for k in ("prefill_s", "decode_s", "mosaic_kernels", "cost_compile_s") if k in report}}
 
 
@@ -440,8 +442,11 @@ def format_report(r: dict, what: str, attention: str) -> str:
              f"  params       {g(b['params'])}", f"  optimizer    {g(b['optimizer'])}",
              f"  gradients    {g(b['gradients'])}", f"  temporaries  {g(b['temporaries'])}",
              f"  total        {g(b['total'])}  of HBM {g(r['hbm_bytes'])}: {'fits' if r['fits'] else 'DOES NOT FIT'}",
-             f"  flops/device {r['flops']:.3e}   est step {r['est_step_s']:.3f} s   "
-             f"est MFU {100 * r['est_mfu']:.1f}%   {r['tokens_per_s']:.0f} tokens/s",
+             (f"  flops/device {r['flops']:.3e} ({r['flops'] / r['model_flops_per_device']:.2f}x model FLOPs)   "
+              f"est step >= {r['est_step_s']:.3f} s   est MFU <= {100 * r['est_mfu']:.1f}%   "
+              f"<= {r['tokens_per_s']:.0f} tokens/s" if r["est_step_s"] is not None else
+              f"  flops/device {r['flops']:.3e}: a loop body counted once, no step time or MFU (the train step "
+              f"without --noexact_cost counts them whole)"),
              f"  compile      {r['compile_s']:.1f} s (+ {r.get('cost_compile_s', 0.0):.1f} s for the FLOP count)"]
     return "\n".join(lines)
 

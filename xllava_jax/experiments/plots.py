@@ -35,7 +35,7 @@ def bars(arms: dict, metrics: tuple[str, ...], baselines: dict | None, title: st
         x = [i + j * width for i, v in enumerate(vals) if v]
         got = [_err(v) for v in vals if v]
         ax.bar(x, [g[0] for g in got], width, yerr=np.array([g[1] for g in got]).T if got else None, capsize=3, label=m)
-    for key, style in (("chance", ":"), ("text_only", "--")):
+    for key, style in (("chance", ":"), ("text_only", "--"), ("heldout_majority", "-.")):
         for j, m in enumerate(metrics):
             v = (baselines or {}).get(key, {}).get(m)
             if v is not None:

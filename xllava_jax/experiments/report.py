@@ -118,13 +118,13 @@ def verdict(expect: str, d: dict) -> str:
             return "one seed: no interval"
         return "holds (lower bound > -margin)" if lo > -margin else "not shown (interval reaches -margin)"
     sign = 1.0 if expect == ">" else -1.0
+    if abs(mean) < 1e-9:  # differences of accuracies (multiples of 1/questions) that cancel up to float rounding
+        return "no difference"
     if single:
         return "one seed: no interval" + (" (direction as expected)" if sign * mean > 0 else " (direction not as expected)")
     if sign * mean > 0:
         return "reproduced (interval excludes 0)" if sign * (lo if sign > 0 else hi) > 0 else \
             "same direction, interval includes 0"
-    if mean == 0:
-        return "no difference"
     return "opposite, interval excludes 0" if sign * (hi if sign > 0 else lo) < 0 else "opposite direction, interval includes 0"
 
 
@@ -160,7 +160,9 @@ def suite_table(suite: str, arms: dict, baselines: dict | None) -> list[str]:
         row += [""] * (len(head) - len(row))
         lines.append("| " + " | ".join(row) + " |")
     for label, key in (("chance (uniform per question kind)", "chance"),
-                       ("text-only (most common answer per kind and language)", "text_only")):
+                       ("text-only (most common training answer per kind and language)", "text_only"),
+                       ("held-out majority (the eval set's own most common answer per kind and language: "
+                        "an oracle)", "heldout_majority")):
         b = (baselines or {}).get(key, {})
         row = [label, ""] + [f"{100 * b[m]:.1f}" if m in b else "" for m, _ in cols]
         lines.append("| " + " | ".join(row + [""] * (len(head) - len(row))) + " |")
