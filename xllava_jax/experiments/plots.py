@@ -28,7 +28,7 @@ def bars(arms: dict, metrics: tuple[str, ...], baselines: dict | None, title: st
     """Grouped bars per arm (one bar per metric) with 95% intervals; chance and text-only as lines."""
     plt = _pyplot()
     names = list(arms)
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names)) + 2.5, 4))
     width = 0.8 / len(metrics)
     for j, m in enumerate(metrics):
         vals = [arms[a]["metrics"].get(m) for a in names]
@@ -43,7 +43,7 @@ def bars(arms: dict, metrics: tuple[str, ...], baselines: dict | None, title: st
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (held-out)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
