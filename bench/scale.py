@@ -43,15 +43,21 @@ BATCH_OF = {"lrm_13b_s1": 192, "lrm_13b_s2": 256}  # configs whose batch differs
 CHIPS = {"v5p-64": 32, "v5litepod-256": 256, "v4-64": 32, "v6e-64": 64}
 
 
+def batch_of(config: str) -> int:
+    """The shipped global batch of a row's config."""
+    return BATCH_OF.get(config, BATCH[config.rsplit("_", 1)[1]])
+
+
 def mesh_overrides(config: str, topology: str) -> list[str]:
     """Tensor parallelism where the slice has more chips than the global batch has rows (one row per data shard)."""
-    tensor = CHIPS[topology] // BATCH_OF.get(config, BATCH[config.rsplit("_", 1)[1]])
+    tensor = CHIPS[topology] // batch_of(config)
     return [f"--config.mesh.tensor={tensor}"] if tensor > 1 else []
 
 
 def rows() -> list[str]:
-    """Every row name: config/topology/variant."""
-    return [f"{c}/{t}/{v}" for c in CONFIGS for t in TOPOLOGIES for v in VARIANTS]
+    """Every row name: config/topology/variant (a slice whose chips do not divide the config's batch has none)."""
+    return [f"{c}/{t}/{v}" for c in CONFIGS for t in TOPOLOGIES for v in VARIANTS
+            if max(CHIPS[t], batch_of(c)) % min(CHIPS[t], batch_of(c)) == 0]
 
 
 def command(row: str, exact_cost: bool = True) -> list[str]:
