@@ -159,7 +159,6 @@ def global_bytes(tree) -> int:
 
 def state_plan(cfg: LlavaConfig, config, mesh, grad_accum: int = 1) -> dict:
     """Per-device bytes of params / optimizer state / gradients on `mesh` (a Mesh or an AbstractMesh)."""
-    groups = trainable_groups(config)
     config = config.copy_and_resolve_references()
     config.train.grad_accum = grad_accum
     h = stage_harness(config, cfg, 1000, mesh)
@@ -168,7 +167,7 @@ def state_plan(cfg: LlavaConfig, config, mesh, grad_accum: int = 1) -> dict:
            "opt": device_bytes(st.opt_state), "scalars": device_bytes((st.step, st.nonfinite_streak,
                                                                         st.nonfinite_total)),
            "trainable_global": global_bytes(st.params), "frozen_global": global_bytes(st.frozen),
-           "groups": groups, "harness": h, "state": st,
+           "groups": h.groups, "harness": h, "state": st,
            "frozen_dtype": config.model.frozen_dtype or config.model.param_dtype}
     out["params"] = out["trainable"] + out["frozen"]
     out["grads"] = out["trainable"] * (2 if grad_accum > 1 else 1)  # + the scan accumulator

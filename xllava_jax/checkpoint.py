@@ -188,14 +188,14 @@ class TrainCheckpoints:
         trees say: `abstract_params_tree` the saved params without the frozen groups, `abstract_frozen` those
         ({group: ShapeDtypeStruct}, from the frozen store; a step saved with every group in `params`, as before
         the store existed, still restores)."""
-        saved = self.manager.restore(step, args=ocp.args.Composite(**{TRAIN_STATE: ocp.args.JsonRestore()}))
-        groups = (saved[TRAIN_STATE] or {}).get(FROZEN_GROUPS)
+        train_state = load_train_state(self.step_dir(step))
+        groups = train_state.get(FROZEN_GROUPS)
         params_target = abstract_params_tree if groups or not abstract_frozen else {**abstract_frozen,
                                                                                    **abstract_params_tree}
         restored = self.manager.restore(step, args=ocp.args.Composite(**{
             PARAMS: ocp.args.StandardRestore(params_target), OPT_STATE: ocp.args.StandardRestore(abstract_opt_state),
-            DATA_STATE: ocp.args.JsonRestore(), TRAIN_STATE: ocp.args.JsonRestore()}))
-        out = {k: restored[k] for k in (PARAMS, OPT_STATE, DATA_STATE, TRAIN_STATE)}
+            DATA_STATE: ocp.args.JsonRestore()}))
+        out = {**{k: restored[k] for k in (PARAMS, OPT_STATE, DATA_STATE)}, TRAIN_STATE: train_state}
         params = out[PARAMS]
         out[FROZEN] = (load_frozen(self.step_dir(step), groups, abstract_frozen) if groups
                        else {g: params[g] for g in abstract_frozen})

@@ -14,13 +14,13 @@ import jax
 import numpy as np
 
 from xllava_jax.models.clip import CLIPVisionConfig
-from xllava_jax.models.layers import DTYPES
 from xllava_jax.models.llama import LlamaConfig
 from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.models.params import ModelConfig, init_group, init_params
 from xllava_jax.models.vocab import check_tokenizer, grow_vocab, padded_size
 from xllava_jax.tokenizer.spm import Tokenizer
 from xllava_jax import checkpoint
+from xllava_jax.train import trainable
 
 if TYPE_CHECKING:  # type hints only: the GPU image has no ml_collections (bench/gpu_suite.py)
     import ml_collections
@@ -118,7 +118,7 @@ def loaded_model(config: ml_collections.ConfigDict, tok: Tokenizer, checkpoint_p
 
 def cast(params: dict, dtype: str) -> dict:
     """Host params stored as `dtype`."""
-    return jax.tree_util.tree_map(lambda x: np.asarray(x).astype(DTYPES[dtype]), params)
+    return trainable.with_dtype(jax.tree_util.tree_map(np.asarray, params), dtype)
 
 
 def initial_model(config: ml_collections.ConfigDict, tok: Tokenizer, checkpoint_path: str = ""
