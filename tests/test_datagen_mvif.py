@@ -13,7 +13,7 @@ from fake_openai import Faults
 from xllava_jax.datagen.mvif import MvifConfig, run_mvif
 from xllava_jax.datagen.parse import validate_record
 from xllava_jax.datagen.prompts import DEFAULT_TURNS
-from xllava_jax.datagen.store import read_jsonl
+from xllava_jax.jsonl import read_jsonl
 from xllava_jax.datagen.vg import SelectionConfig, select_from_files
 from xllava_jax.openai_api import ApiConfig, ChatClient
 

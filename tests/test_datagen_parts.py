@@ -7,7 +7,7 @@ import pytest
 
 from xllava_jax.datagen.parse import RejectError, reply_to_record, validate_record
 from xllava_jax.datagen.prompts import DEFAULT_TURNS, SYSTEM_MESSAGES, build_messages
-from xllava_jax.datagen.store import JsonlWriter, read_jsonl
+from xllava_jax.jsonl import JsonlWriter, read_jsonl
 from xllava_jax.datagen.vg import SelectionConfig, area_share, image_relpath, main_objects, select_from_files
 
 # the project's shared folder sits beside the repository (../shared from its root), on developer machines and in CI

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fake_openai import Faults
-from xllava_jax.datagen.store import read_jsonl
+from xllava_jax.jsonl import read_jsonl
 from xllava_jax.datagen.translate import (ApiTranslator, TranslateConfig, agreement_bleu, export_language,
                                           preservation_problem, run_translate, translate_texts)
 from xllava_jax.openai_api import ApiConfig, ChatClient

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import FAKE_API_KEY
 from fake_openai import Faults
-from xllava_jax.datagen.parse import RejectError
+from xllava_jax.openai_api import RejectError
 from xllava_jax.datagen.translate import TranslateConfig, translate_chunk
 from xllava_jax.openai_api import (ApiConfig, ApiError, BudgetExceeded, ChatClient, request_key, text_message,
                                    token_cost)

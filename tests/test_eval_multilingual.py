@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from xllava_jax.eval.benchmarks import build_questions, get_benchmark, with_instruction
+from xllava_jax.eval.benchmarks import build_questions, with_instruction
+from xllava_jax.eval.registry import get_benchmark
 from xllava_jax.eval.metrics import pope_answer, pope_metrics
 from xllava_jax.eval.runner import evaluate, score_answers
 from xllava_jax.infer.answers import check_same_checkpoint

@@ -8,7 +8,8 @@ from xml.etree import ElementTree
 
 import pytest
 
-from xllava_jax.eval.benchmarks import build_questions, get_benchmark, load_benchmark_records
+from xllava_jax.eval.benchmarks import build_questions
+from xllava_jax.eval.registry import get_benchmark, load_benchmark_records
 from xllava_jax.eval.runner import score_answers
 from xllava_jax.eval.submit import write_submission
 

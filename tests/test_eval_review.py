@@ -12,7 +12,8 @@ from conftest import FAKE_API_KEY
 from fake_openai import Faults
 
 from xllava_jax.eval.__main__ import main
-from xllava_jax.eval.benchmarks import build_questions, get_benchmark, load_benchmark_records
+from xllava_jax.eval.benchmarks import build_questions
+from xllava_jax.eval.registry import get_benchmark, load_benchmark_records
 from xllava_jax.eval.review import CONTEXT_RULE, IMAGE_RULE, REVIEW_SYSTEM, parse_score_pair, relative_score
 from xllava_jax.eval.runner import score_answers
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from xllava_jax.eval.__main__ import main
-from xllava_jax.eval.benchmarks import build_questions, get_benchmark, read_records
+from xllava_jax.eval.benchmarks import build_questions, read_records
+from xllava_jax.eval.registry import get_benchmark
 from xllava_jax.eval.metrics import mmbench_rotations, pope_metrics, vqa_accuracy
 from xllava_jax.eval.runner import evaluate, score_answers
 from xllava_jax.infer.generate import GenerationConfig

@@ -8,7 +8,7 @@ import transformers
 from PIL import Image
 
 import hf_reference as ref
-from xllava_jax.convert.chat_template import chat_template
+from xllava_jax.data.chat_template import chat_template
 from xllava_jax.convert.hf import load_hf_llava, save_hf_llava
 from xllava_jax.convert.verify import processor_answers, question_messages
 from xllava_jax.data.templates import get_template, render_string

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from xllava_jax.data.templates import get_template
-from xllava_jax.datagen.store import read_jsonl
+from xllava_jax.jsonl import read_jsonl
 from xllava_jax.infer.__main__ import main
 from xllava_jax.infer.generate import Engine, GenerationConfig
 from xllava_jax.infer.loading import load_model, load_tokenizer_for

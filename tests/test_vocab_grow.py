@@ -15,8 +15,9 @@ from xllava_jax.convert import hf as convert
 from xllava_jax.convert.safetensors_io import StateDict
 from xllava_jax.models import CLIPVisionConfig, LlamaConfig, LlavaConfig, init_params
 from xllava_jax.models.vocab import grow_rows, grow_vocab
-from xllava_jax.tokenizer import grow
+from xllava_jax.convert import grow
 from xllava_jax.tokenizer.__main__ import main as tokenizer_main
+from xllava_jax.convert.__main__ import main as convert_main
 from xllava_jax.tokenizer.spm import load_tokenizer
 from xllava_jax import checkpoint
 
@@ -69,7 +70,7 @@ def test_grow_orbax_llama_then_export(tmp_path):
     cfg = LlamaConfig(vocab_size=128, **TEXT)
     params = jax.tree_util.tree_map(np.asarray, init_params(cfg, jax.random.PRNGKey(0)))
     checkpoint.save_params(tmp_path / "ckpt", params, cfg)
-    tokenizer_main(["grow", "--checkpoint", str(tmp_path / "ckpt"), "--vocab_size", "150", "--method", "mean_cov",
+    convert_main(["grow-vocab", "--checkpoint", str(tmp_path / "ckpt"), "--vocab_size", "150", "--method", "mean_cov",
                     "--pad_to_multiple", "64", "--out", str(tmp_path / "grown")])
     new_cfg, new = checkpoint.load_params(tmp_path / "grown")
     assert new_cfg == LlamaConfig(vocab_size=192, **TEXT)
@@ -104,7 +105,7 @@ def test_grow_orbax_llava_to_expanded_tokenizer_then_export(tmp_path, hf_llama_t
                       pad_token_id=base_tok.pad_id)
     params = jax.tree_util.tree_map(np.asarray, init_params(cfg, jax.random.PRNGKey(1)))
     checkpoint.save_params(tmp_path / "ckpt", params, cfg)
-    tokenizer_main(["grow", "--checkpoint", str(tmp_path / "ckpt"), "--tokenizer", str(expanded_tokenizer),
+    convert_main(["grow-vocab", "--checkpoint", str(tmp_path / "ckpt"), "--tokenizer", str(expanded_tokenizer),
                     "--pad_to_multiple", "64", "--out", str(tmp_path / "grown")])
     new_cfg, new = checkpoint.load_params(tmp_path / "grown")
     p = tok.sp_vocab_size
@@ -153,7 +154,7 @@ def test_grow_hf_llama_directory_streams(tmp_path, monkeypatch, expanded_tokeniz
 
     monkeypatch.setattr(StateDict, "get", counting_get)
     monkeypatch.setattr(grow, "write_sharded", checking_write)
-    tokenizer_main(["grow", "--hf_dir", str(tmp_path / "hf"), "--tokenizer", str(expanded_tokenizer),
+    convert_main(["grow-vocab", "--hf_dir", str(tmp_path / "hf"), "--tokenizer", str(expanded_tokenizer),
                     "--method", "normal", "--out", str(tmp_path / "out")])
     size = load_tokenizer(expanded_tokenizer).vocab_size
     before, after = StateDict(tmp_path / "hf"), StateDict(tmp_path / "out")

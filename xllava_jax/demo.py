@@ -182,8 +182,9 @@ def processor_accuracy(hf_dir: Path, model: Any, tok: Any, records: list[dict], 
 
     from xllava_jax.convert.verify import verify_processor
     from xllava_jax.data.images import image_path
-    from xllava_jax.datagen.store import read_jsonl
-    from xllava_jax.eval.benchmarks import build_questions, get_benchmark
+    from xllava_jax.jsonl import read_jsonl
+    from xllava_jax.eval.benchmarks import build_questions
+    from xllava_jax.eval.registry import get_benchmark
     from xllava_jax.eval.runner import score_answers
     from xllava_jax.infer.prompts import num_image_tokens, question_prompt
     bench = get_benchmark("gqa")
@@ -207,7 +208,7 @@ def tokens_per_char(report: dict) -> dict[str, dict[str, float]]:
 def kind_accuracy(records: list[dict], answers_path: Path) -> dict:
     """Held-out accuracy per question kind (GQA exact match, as the eval scores it), over all languages and per
     language: {"by_kind": {kind: acc}, "by_language_and_kind": {lang: {kind: acc}}}."""
-    from xllava_jax.datagen.store import read_jsonl
+    from xllava_jax.jsonl import read_jsonl
     from xllava_jax.eval.metrics import gqa_match
     answers = {r["question_id"]: r["text"] for r in read_jsonl(answers_path)}
     hits: dict[tuple[str, str], list[bool]] = {}
@@ -228,7 +229,7 @@ def finish(workdir: Path, checkpoint: str, paths: dict[str, Path], template: str
     """Held-out accuracy per language, the HF export and its check, timings: DIR/demo_report.json."""
     from xllava_jax.convert.hf import save_hf_llava
     from xllava_jax.convert.verify import verify_llava_export
-    from xllava_jax.datagen.store import read_jsonl
+    from xllava_jax.jsonl import read_jsonl
     from xllava_jax.eval.runner import ANSWERS_FILE, evaluate
     from xllava_jax.infer.generate import GenerationConfig
     from xllava_jax.infer.loading import load_model

@@ -39,6 +39,7 @@ import logging
 import mimetypes
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -476,3 +477,33 @@ def run_concurrently(fn: Callable[[Any], Any], items: Iterable[Any], concurrency
                     halted = True
                 yield item, (None if err else fut.result()), err
             fill()
+
+
+# Reply parsing: JSON inside a model's reply.
+_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
+
+
+class RejectError(ValueError):
+    """A reply that cannot become a record; ``reason`` is a stable short code."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def extract_json(text: str) -> Any:
+    """The JSON value in a reply, tolerating code fences and prose around one object/array."""
+    cleaned = _FENCE.sub("", text.strip()).strip()
+    try:
+        return json.loads(cleaned)
+    except ValueError:
+        pass
+    for open_ch, close_ch in (("{", "}"), ("[", "]")):
+        start, end = cleaned.find(open_ch), cleaned.rfind(close_ch)
+        if 0 <= start < end:
+            try:
+                return json.loads(cleaned[start:end + 1])
+            except ValueError:
+                continue
+    raise RejectError("invalid_json", f"no JSON value in reply starting {text[:60]!r}")

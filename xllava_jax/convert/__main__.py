@@ -3,6 +3,8 @@
   python -m xllava_jax.convert hf-to-orbax --hf_dir D --out CKPT
   python -m xllava_jax.convert hf-to-orbax --llama_dir L --clip_dir C --out CKPT   (fresh LLaVA, stage 1 start)
   python -m xllava_jax.convert orbax-to-hf --checkpoint CKPT --out D [--tokenizer_dir T] [--dtype bfloat16]
+  python -m xllava_jax.convert grow-vocab (--checkpoint CKPT | --hf_dir D) (--vocab_size N | --tokenizer DIR)
+      [--method mean|mean_cov|normal] [--pad_to_multiple 64] --out OUT
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import logging
 import sys
 
 from xllava_jax.cli import UserError, add_subparsers, new_parser, run_subcommand
-from xllava_jax.convert import hf
+from xllava_jax.convert import grow, hf
 from xllava_jax.convert.layout import LLAVA_PREFIXES
 from xllava_jax.models.layers import DTYPES
 from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.models.params import with_param_dtype
+from xllava_jax.models.vocab import INIT_METHODS
 from xllava_jax import checkpoint
 
 log = logging.getLogger("xllava_jax.convert")
@@ -56,6 +59,20 @@ def orbax_to_hf(args: argparse.Namespace) -> None:
     log.info("wrote %s", args.out)
 
 
+def run_grow(args: argparse.Namespace) -> None:
+    """Grow the vocabulary of an Orbax checkpoint or an HF LLaMA directory."""
+    target = grow.target_of(args.vocab_size, args.tokenizer)
+    if args.checkpoint:
+        cfg = grow.grow_checkpoint(args.checkpoint, args.out, target, args.method, args.seed, args.pad_to_multiple)
+        text = getattr(cfg, "text", cfg)
+        extra = f", image_token_id {cfg.image_token_id}, pad_token_id {cfg.pad_token_id}" if text is not cfg else ""
+        print(f"wrote {args.out}: vocab_size {text.vocab_size}{extra}")
+    else:
+        config = grow.grow_hf_llama(args.hf_dir, args.out, target, args.method, args.seed, args.pad_to_multiple,
+                                    tokenizer=args.tokenizer)
+        print(f"wrote {args.out}: vocab_size {config['vocab_size']}")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the convert command."""
     p = new_parser("python -m xllava_jax.convert", __doc__)
@@ -82,6 +99,19 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--layout", default="llava-hf", choices=sorted(LLAVA_PREFIXES), help="LLaVA key layout")
     b.add_argument("--dtype", choices=sorted(DTYPES), help="cast params (default: keep the checkpoint's dtype)")
     b.set_defaults(fn=orbax_to_hf)
+    g = sub.add_parser("grow-vocab", help="grow a checkpoint's embedding and LM head to a new vocabulary size")
+    model = g.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="Orbax checkpoint (LLaVA or LLaMA kind), or a workdir (latest step)")
+    model.add_argument("--hf_dir", help="transformers LlamaForCausalLM directory (safetensors)")
+    size = g.add_mutually_exclusive_group(required=True)
+    size.add_argument("--vocab_size", type=int, help="new vocabulary size (before padding)")
+    size.add_argument("--tokenizer", help="HF tokenizer directory: its size (pieces + added tokens) and, for LLaVA, its "
+                                 "<image>/<pad> ids; copied into an HF output")
+    g.add_argument("--method", default="mean", choices=INIT_METHODS, help="initialisation of the new rows")
+    g.add_argument("--pad_to_multiple", type=int, help="round the vocabulary up to a multiple (e.g. 64)")
+    g.add_argument("--seed", type=int, default=0, help="seed of mean_cov / normal")
+    g.add_argument("--out", required=True, help="output checkpoint or HF directory")
+    g.set_defaults(fn=run_grow)
     return p
 
 

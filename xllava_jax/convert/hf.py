@@ -14,7 +14,7 @@ import transformers
 
 from xllava_jax.cli import UserError, atomic_output
 from xllava_jax.convert import hf_config
-from xllava_jax.convert.chat_template import chat_template
+from xllava_jax.data.chat_template import chat_template
 from xllava_jax.convert.layout import (CLIP_PREFIXES, LLAMA_PREFIXES, LLAVA_PREFIXES, detect_layout, flatten,
                                        from_hf_layout, hf_key, hf_tensors, is_stacked, unflatten)
 from xllava_jax.convert.safetensors_io import StateDict, write_sharded

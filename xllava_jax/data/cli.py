@@ -72,7 +72,7 @@ def model_settings(checkpoint: str) -> dict:
     from pathlib import Path
 
     from xllava_jax import checkpoint as ckpt
-    from xllava_jax.convert.chat_template import CHAT_TEMPLATES
+    from xllava_jax.data.chat_template import CHAT_TEMPLATES
     from xllava_jax.models.llava import LlavaConfig
     path = Path(checkpoint)
     if not path.exists():

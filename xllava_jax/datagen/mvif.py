@@ -22,7 +22,7 @@ from tqdm import tqdm
 from xllava_jax.datagen.default_seeds import DEFAULT_SEEDS
 from xllava_jax.datagen.parse import RejectError, record_id, reply_to_record
 from xllava_jax.datagen.prompts import DEFAULT_TURNS, MVIF_TYPES, build_messages
-from xllava_jax.datagen.store import JsonlWriter, read_jsonl
+from xllava_jax.jsonl import JsonlWriter, read_jsonl
 from xllava_jax.datagen.vg import SelectedImage, SelectionConfig, load_json, select_from_files
 from xllava_jax.openai_api import ApiError, BudgetExceeded, ChatClient, image_data_url, run_concurrently
 

@@ -13,37 +13,9 @@ import re
 from typing import Any, Mapping, Sequence
 
 from xllava_jax.datagen.languages import MVIF_LANGS, script_ok
+from xllava_jax.openai_api import RejectError, extract_json
 
 IMAGE_TOKEN = "<image>"
-_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
-
-
-class RejectError(ValueError):
-    """A reply that cannot become a record; ``reason`` is a stable short code."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-def extract_json(text: str) -> Any:
-    """The JSON value in a reply, tolerating code fences and prose around one object/array."""
-    cleaned = _FENCE.sub("", text.strip()).strip()
-    try:
-        return json.loads(cleaned)
-    except ValueError:
-        pass
-    for open_ch, close_ch in (("{", "}"), ("[", "]")):
-        start, end = cleaned.find(open_ch), cleaned.rfind(close_ch)
-        if 0 <= start < end:
-            try:
-                return json.loads(cleaned[start:end + 1])
-            except ValueError:
-                continue
-    raise RejectError("invalid_json", f"no JSON value in reply starting {text[:60]!r}")
-
-
 def record_id(image_id: int | str, mvif_type: str) -> str:
     """The stable id (and resume key) of the record for one (image, type)."""
     return f"vg{image_id}_{mvif_type}"

@@ -27,8 +27,9 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 from tqdm import tqdm
 
 from xllava_jax.datagen.languages import lang_name
-from xllava_jax.datagen.parse import IMAGE_TOKEN, RejectError, extract_json
-from xllava_jax.datagen.store import JsonlWriter, read_jsonl
+from xllava_jax.datagen.parse import IMAGE_TOKEN
+from xllava_jax.openai_api import RejectError, extract_json
+from xllava_jax.jsonl import JsonlWriter, read_jsonl
 from xllava_jax.openai_api import ApiError, BudgetExceeded, ChatClient, run_concurrently, text_message
 
 KINDS = ("llava", "questions")

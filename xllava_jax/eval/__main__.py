@@ -48,7 +48,7 @@ def add_client_args(g: argparse._ActionsContainer, prefix: str, model_help: str)
 
 def make_reviewer(args: argparse.Namespace, benchmark: str):
     """The judge of a judged benchmark (LLaVA's review settings, replies stored in OUT), else None."""
-    from xllava_jax.eval.benchmarks import get_benchmark
+    from xllava_jax.eval.registry import get_benchmark
     from xllava_jax.eval.review import REVIEW_MAX_TOKENS, REVIEW_TEMPERATURE, Reviewer
     if not get_benchmark(benchmark).judged:
         return None
@@ -75,7 +75,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Answer and score one benchmark."""
-    from xllava_jax.eval.benchmarks import get_benchmark, load_benchmark_records
+    from xllava_jax.eval.registry import get_benchmark, load_benchmark_records
     from xllava_jax.eval.runner import EVAL_CONFIG, evaluate
     from xllava_jax.infer.__main__ import build_engine, generation_config
     from xllava_jax.infer.answers import checkpoint_identity
@@ -101,8 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score an existing answers file (no model); judged benchmarks ask the judge."""
-    from xllava_jax.datagen.store import read_jsonl
-    from xllava_jax.eval.benchmarks import build_questions, get_benchmark, load_benchmark_records
+    from xllava_jax.jsonl import read_jsonl
+    from xllava_jax.eval.benchmarks import build_questions
+    from xllava_jax.eval.registry import get_benchmark, load_benchmark_records
     from xllava_jax.eval.runner import score_answers, write_scores
 
     bench = get_benchmark(args.benchmark)
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The eval argument parser (subcommands)."""
     p = new_parser("python -m xllava_jax.eval", __doc__)
     sub = add_subparsers(p)
-    from xllava_jax.eval.benchmarks import BENCHMARKS
+    from xllava_jax.eval.registry import BENCHMARKS
     from xllava_jax.infer.__main__ import add_model_args
 
     r = sub.add_parser("run", help="answer and score a benchmark (vqav2, gqa, pope, mmbench, bvqa, mme, seed, "

@@ -22,7 +22,7 @@ import sys
 from typing import Any, Callable, Mapping, Sequence
 
 from xllava_jax.data.multilingual.phrasings import BVQA_INSTRUCTION, phrase_language
-from xllava_jax.datagen.store import read_jsonl
+from xllava_jax.jsonl import read_jsonl
 from xllava_jax.eval.metrics import (gqa_match, mmbench_circular, mmbench_extract, mmbench_rotations,
                                      normalize_answer, pope_metrics, vqa_accuracy)
 from xllava_jax.infer.answers import Question
@@ -188,37 +188,13 @@ def mean(values: Any) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-BENCHMARKS: dict[str, Benchmark] = {
+CORE_BENCHMARKS: dict[str, Benchmark] = {  # the rest: eval/official.py, eval/review.py; all: eval/registry.py
     "vqav2": Benchmark("vqav2", short_answer_items(["answers"]), score_vqav2, "accuracy"),
     "gqa": Benchmark("gqa", short_answer_items(["answer"]), score_gqa, "accuracy"),
     "pope": Benchmark("pope", short_answer_items(["label"]), score_pope, "f1"),
     "mmbench": Benchmark("mmbench", mmbench_items, score_mmbench, "accuracy"),
     "bvqa": Benchmark("bvqa", bvqa_items, score_bvqa, "accuracy"),
 }
-
-
-def _register_official() -> None:
-    """Add the benchmarks read from official layouts and the judged ones (eval/official.py, eval/review.py, which
-    build on this module)."""
-    from xllava_jax.eval import official, review
-    BENCHMARKS.update(official.BENCHMARKS)
-    BENCHMARKS.update(review.BENCHMARKS)
-
-
-
-def load_benchmark_records(benchmark: str | Benchmark, path: str | os.PathLike) -> list[dict]:
-    """A benchmark's records from `path`: its official layout when it has a loader, else read_records."""
-    bench = get_benchmark(benchmark)
-    return bench.load(os.fspath(path)) if bench.load else read_records(path)
-
-
-def get_benchmark(name: str | Benchmark) -> Benchmark:
-    """The benchmark called `name` (a Benchmark passes through)."""
-    if isinstance(name, Benchmark):
-        return name
-    if name not in BENCHMARKS:
-        raise KeyError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
-    return BENCHMARKS[name]
 
 
 def expand_parallel(record: dict) -> list[dict]:
@@ -272,5 +248,3 @@ def build_questions(benchmark: Benchmark, records: Sequence[dict], instruction_o
         raise ValueError(f"{benchmark.name}: question id {dup!r} appears more than once")
     return out
 
-
-_register_official()  # last: official.py and review.py import this module's functions

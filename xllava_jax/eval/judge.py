@@ -28,8 +28,8 @@ from typing import Any, Mapping, Sequence
 
 from tqdm import tqdm
 
-from xllava_jax.datagen.parse import RejectError, extract_json
-from xllava_jax.datagen.store import JsonlWriter, read_jsonl
+from xllava_jax.openai_api import RejectError, extract_json
+from xllava_jax.jsonl import JsonlWriter, read_jsonl
 from xllava_jax.openai_api import ApiError, BudgetExceeded, ChatClient, image_data_url, run_concurrently, \
     text_message, user_message
 

@@ -28,7 +28,7 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-from xllava_jax.datagen.store import read_jsonl
+from xllava_jax.jsonl import read_jsonl
 from xllava_jax.eval.benchmarks import Benchmark, read_records, require, with_instruction
 from xllava_jax.infer.answers import Question
 from xllava_jax.openai_api import ApiError, BudgetExceeded, ChatClient, image_data_url, run_concurrently, \

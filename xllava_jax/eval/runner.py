@@ -13,8 +13,9 @@ from typing import Any, Sequence
 from jax.sharding import Mesh
 
 from xllava_jax.data.templates import get_template
-from xllava_jax.datagen.store import read_jsonl
-from xllava_jax.eval.benchmarks import Benchmark, build_questions, get_benchmark
+from xllava_jax.jsonl import read_jsonl
+from xllava_jax.eval.benchmarks import Benchmark, build_questions
+from xllava_jax.eval.registry import get_benchmark
 from xllava_jax.eval.metrics import language_summary, language_table
 from xllava_jax.infer.answers import Question, answer_questions
 from xllava_jax.infer.generate import Engine, GenerationConfig

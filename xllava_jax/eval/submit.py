@@ -19,7 +19,7 @@ import zipfile
 from typing import Any, Sequence
 from xml.sax.saxutils import escape
 
-from xllava_jax.datagen.store import read_jsonl
+from xllava_jax.jsonl import read_jsonl
 from xllava_jax.eval.metrics import normalize_answer
 
 MMBENCH_DROPPED = ("hint", "category", "source", "image", "comment", "l2-category")
@@ -153,7 +153,7 @@ def write_submission(benchmark: str, data: str | os.PathLike, answers_path: str 
     if benchmark == "vqav2":
         return vqav2_submission(list(read_jsonl(data)), answers, out)
     if benchmark == "vizwiz":
-        from xllava_jax.eval.benchmarks import load_benchmark_records
+        from xllava_jax.eval.registry import load_benchmark_records
         return vizwiz_submission(load_benchmark_records("vizwiz", data), answers, out)
     if benchmark == "mmbench":
         return mmbench_submission(data, answers, out)

@@ -126,7 +126,7 @@ def tokens_per_char(tokenizer_path: Path, lines: list[str]) -> float:
 
 def evaluate_arm(checkpoint: str, tokenizer: Path, p: dict, c: ml_collections.ConfigDict, out_dir: Path) -> dict:
     """Held-out accuracy {acc_<lang>, acc_non_en, acc_<lang>_<kind>} (eval.runner.evaluate, GQA exact match)."""
-    from xllava_jax.datagen.store import read_jsonl
+    from xllava_jax.jsonl import read_jsonl
     from xllava_jax.eval.metrics import gqa_match
     from xllava_jax.eval.runner import ANSWERS_FILE, evaluate
     from xllava_jax.infer.generate import GenerationConfig
@@ -155,7 +155,7 @@ def features(checkpoint: str, tokenizer: Path, p: dict, points: int, out_file: P
     input embedding of its question text (the LLM's multilingual text features); cached in `out_file`."""
     if out_file.exists():
         return dict(np.load(out_file))
-    from xllava_jax.datagen.store import read_jsonl
+    from xllava_jax.jsonl import read_jsonl
     from xllava_jax.infer.loading import load_model
     from xllava_jax.infer.prompts import load_image
     from xllava_jax.tokenizer.spm import load_tokenizer

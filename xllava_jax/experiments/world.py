@@ -189,7 +189,7 @@ def text_only_baseline(p: dict[str, Path]) -> dict:
     language) (no guess, so wrong, where that pair never occurs in training: `text_only`), with the held-out
     set's own most common answer of its (kind, language) (an answer-prior oracle that sees the evaluation labels:
     `heldout_majority`), and of uniform guessing (`chance`)."""
-    from xllava_jax.datagen.store import read_jsonl
+    from xllava_jax.jsonl import read_jsonl
     counts: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
     for name in ("qa_en", "qa_ko", "qa_zh", "mvif", "parallel"):
         for r in read_jsonl(p[name]):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from xllava_jax import checkpoint as ckpt
 from xllava_jax.data.templates import Template
-from xllava_jax.datagen.store import JsonlWriter, read_jsonl
+from xllava_jax.jsonl import JsonlWriter, read_jsonl
 from xllava_jax.infer.generate import Engine, GenerationConfig
 from xllava_jax.infer.prompts import load_image, num_image_tokens, question_prompt
 from xllava_jax.models.llava import LlavaConfig

@@ -1,9 +1,7 @@
-"""Command line: vocabulary expansion, its report, and growing a checkpoint's vocabulary.
+"""Command line: vocabulary expansion and its report (growing a checkpoint: python -m xllava_jax.convert grow-vocab).
 
   python -m xllava_jax.tokenizer expand --base tokenizer.model (--add-vocab FILE | --train-corpus FILE --new-pieces N) --out DIR
   python -m xllava_jax.tokenizer report --base tokenizer.model --expanded DIR --text ko=FILE --text zh=FILE [--out report.json]
-  python -m xllava_jax.tokenizer grow (--checkpoint CKPT | --hf_dir D) (--vocab_size N | --tokenizer DIR)
-      [--method mean|mean_cov|normal] [--pad_to_multiple 64] --out OUT
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ import sys
 from pathlib import Path
 
 from xllava_jax.cli import UserError, add_subparsers, new_parser, run_subcommand
-from xllava_jax.models.vocab import INIT_METHODS
 from xllava_jax.tokenizer import expand as expansion
 from xllava_jax.tokenizer import report as reporting
 
@@ -59,22 +56,6 @@ def run_report(args: argparse.Namespace) -> None:
     print(f"wrote {reporting.save_report(report, args.out or default_report_path(args.expanded))}")
 
 
-def run_grow(args: argparse.Namespace) -> None:
-    """Grow the vocabulary of an Orbax checkpoint or an HF LLaMA directory."""
-    from xllava_jax.tokenizer import grow
-
-    target = grow.target_of(args.vocab_size, args.tokenizer)
-    if args.checkpoint:
-        cfg = grow.grow_checkpoint(args.checkpoint, args.out, target, args.method, args.seed, args.pad_to_multiple)
-        text = getattr(cfg, "text", cfg)
-        extra = f", image_token_id {cfg.image_token_id}, pad_token_id {cfg.pad_token_id}" if text is not cfg else ""
-        print(f"wrote {args.out}: vocab_size {text.vocab_size}{extra}")
-    else:
-        config = grow.grow_hf_llama(args.hf_dir, args.out, target, args.method, args.seed, args.pad_to_multiple,
-                                    tokenizer=args.tokenizer)
-        print(f"wrote {args.out}: vocab_size {config['vocab_size']}")
-
-
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the tokenizer command (flags accept '-' or '_')."""
     p = new_parser("python -m xllava_jax.tokenizer", __doc__)
@@ -112,19 +93,6 @@ def parser() -> argparse.ArgumentParser:
     flag(r, "out", help="JSON path (default: EXPANDED/report.json)")
     r.set_defaults(fn=run_report)
 
-    g = sub.add_parser("grow", help="grow a checkpoint's embedding and LM head to a new vocabulary size")
-    model = g.add_mutually_exclusive_group(required=True)
-    flag(model, "checkpoint", help="Orbax checkpoint (LLaVA or LLaMA kind), or a workdir (latest step)")
-    flag(model, "hf-dir", help="transformers LlamaForCausalLM directory (safetensors)")
-    size = g.add_mutually_exclusive_group(required=True)
-    flag(size, "vocab-size", type=int, help="new vocabulary size (before padding)")
-    flag(size, "tokenizer", help="HF tokenizer directory: its size (pieces + added tokens) and, for LLaVA, its "
-                                 "<image>/<pad> ids; copied into an HF output")
-    flag(g, "method", default="mean", choices=INIT_METHODS, help="initialisation of the new rows")
-    flag(g, "pad-to-multiple", type=int, help="round the vocabulary up to a multiple (e.g. 64)")
-    flag(g, "seed", type=int, default=0, help="seed of mean_cov / normal")
-    flag(g, "out", required=True, help="output checkpoint or HF directory")
-    g.set_defaults(fn=run_grow)
     return p
 
 
