@@ -14,7 +14,9 @@ ANSWER_SUFFIX = {"vicuna_v1": "", "llava_llama_2": " "}
 
 @pytest.fixture(scope="module")
 def tok(hf_llama_tokenizer_dir):
-    return load_tokenizer(hf_llama_tokenizer_dir)
+    tok = load_tokenizer(hf_llama_tokenizer_dir)
+    tok.legacy = True  # the reference below is transformers' legacy tokenizer
+    return tok
 
 
 @pytest.fixture(scope="module")

@@ -67,8 +67,8 @@ def _turns(raw: dict) -> list[tuple[str, Any]]:
 def place_image_token(turns: list[list[str]], has_image: bool) -> list[list[str]]:
     """Remove every `<image>` and, if the record has an image, put `<image>\\n` in front of the first human turn."""
     out = [[r, v.replace(IMAGE_PLACEHOLDER, "").strip() if IMAGE_PLACEHOLDER in v else v] for r, v in turns]
-    if has_image:
-        out[0][1] = f"{IMAGE_PLACEHOLDER}\n{out[0][1]}"
+    if has_image:  # LLaVA's preprocess_multimodal: `<image>\n` + text, stripped (an image-only turn is `<image>`)
+        out[0][1] = f"{IMAGE_PLACEHOLDER}\n{out[0][1]}".strip()
     return out
 
 

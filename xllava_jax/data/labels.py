@@ -7,31 +7,57 @@ from typing import Sequence
 import numpy as np
 
 from xllava_jax.data.templates import BOS, EOS, IMAGE_PLACEHOLDER, Segment, Template, Turn
-from xllava_jax.tokenizer.spm import Tokenizer
+from xllava_jax.tokenizer.spm import SPIECE_UNDERLINE, Tokenizer
 
 IGNORE_INDEX = -100
 
 
-def encode_segment_text(tok: Tokenizer, text: str) -> list[int]:
-    """Ids of one text segment: one leading space is represented by SentencePiece's dummy prefix."""
-    return tok.encode_plain(text[1:] if text.startswith(" ") else text)
+START, AFTER_TEXT, AFTER_IMAGE, AFTER_SPECIAL = "start", "text", "image", "special"  # what precedes a text chunk
+
+
+def encode_chunk(tok: Tokenizer, text: str, after: str) -> list[int]:
+    """Ids of a text chunk as LLaVA's tokenizer_image_token and a slow LlamaTokenizer (transformers 4.31) give
+    them inside the whole prompt, given what precedes the chunk (`after`):
+    - START / AFTER_IMAGE: a tokenizer call of its own (SentencePiece's dummy prefix, leading spaces kept);
+    - AFTER_TEXT: the chunk continues text; its one leading space is the dummy prefix, without one no prefix;
+    - AFTER_SPECIAL (`<s>`/`</s>` inside the prompt): SentencePiece's ids (legacy), or with `tok.legacy` off
+      the first piece's `▁` dropped unless the chunk starts with a space (transformers 4.31 non-legacy).
+    """
+    if not tok.legacy:
+        text = text.replace(SPIECE_UNDERLINE, " ")  # 4.31 non-legacy: `▁` only marks the start of the text
+    if not text:
+        return []
+    if after == AFTER_TEXT:
+        return tok.encode_plain(text[1:]) if text.startswith(" ") else tok.encode_unprefixed(text)
+    if after == AFTER_SPECIAL and not tok.legacy:
+        return tok.encode_after_special(text)
+    return tok.encode_plain(text)
+
+
+def text_chunks(segments: Sequence[Segment]) -> list[tuple[Segment, int, str, str]]:
+    """(segment, chunk index, chunk text, what precedes it) for every text chunk between `<image>`s; a BOS or
+    EOS segment appears once with chunk index -1 (an image precedes chunk j > 0 of its segment)."""
+    out, after = [], START
+    for n, seg in enumerate(segments):
+        if seg.kind in (BOS, EOS):
+            out.append((seg, -1, "", after))
+            after = START if n == 0 and seg.kind == BOS else AFTER_SPECIAL
+            continue
+        for j, chunk in enumerate(seg.text.split(IMAGE_PLACEHOLDER)):
+            out.append((seg, j, chunk, after if j == 0 else AFTER_IMAGE))
+            after = AFTER_TEXT if chunk else (after if j == 0 else AFTER_IMAGE)
+    return out
 
 
 def encode_segments(tok: Tokenizer, segments: Sequence[Segment], num_image_tokens: int) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of `segments`; every `<image>` becomes `num_image_tokens` image-token ids."""
     ids: list[int] = []
     labels: list[int] = []
-    for seg in segments:
-        if seg.kind == BOS:
-            piece = [tok.bos_id]
-        elif seg.kind == EOS:
-            piece = [tok.eos_id]
+    for seg, j, chunk, after in text_chunks(segments):
+        if j < 0:
+            piece = [tok.bos_id if seg.kind == BOS else tok.eos_id]
         else:
-            piece = []
-            for j, chunk in enumerate(seg.text.split(IMAGE_PLACEHOLDER)):
-                if j:
-                    piece += [tok.image_token_id] * num_image_tokens
-                piece += encode_segment_text(tok, chunk) if j == 0 else tok.encode_plain(chunk)
+            piece = ([tok.image_token_id] * num_image_tokens if j else []) + encode_chunk(tok, chunk, after)
         ids += piece
         labels += piece if seg.trained else [IGNORE_INDEX] * len(piece)
     return ids, labels
@@ -47,20 +73,14 @@ def _content_spans(chunk: str, contents: Sequence[str]) -> list[tuple[int, int]]
     return sorted(spans)
 
 
-def _chunk_content(tok: Tokenizer, chunk: str, first: bool, trained: bool, contents: Sequence[str]) -> list[int]:
+def _chunk_content(tok: Tokenizer, chunk: str, after: str, trained: bool, contents: Sequence[str]) -> list[int]:
     """Content flags of one text chunk's tokens: the chunk re-tokenized in pieces cut at the turns' boundaries;
     where that changes the tokens (a boundary inside a word), the whole chunk counts as content iff trained."""
-    whole = encode_segment_text(tok, chunk) if first else tok.encode_plain(chunk)
+    whole = encode_chunk(tok, chunk, after)
     cuts = sorted({0, len(chunk), *(c for span in _content_spans(chunk, contents) for c in span)})
     ids, flags = [], []
     for k, (a, b) in enumerate(zip(cuts, cuts[1:])):
-        part = chunk[a:b]
-        if k == 0:
-            piece = whole if len(cuts) == 2 else (encode_segment_text(tok, part) if first else tok.encode_plain(part))
-        elif part.startswith(" "):
-            piece = encode_segment_text(tok, part)
-        else:
-            piece = tok.encode_unprefixed(part)
+        piece = whole if len(cuts) == 2 else encode_chunk(tok, chunk[a:b], after if k == 0 else AFTER_TEXT)
         inside = any(s <= a and b <= e for s, e in _content_spans(chunk, contents))
         ids += piece
         flags += [int(inside)] * len(piece)
@@ -74,14 +94,11 @@ def content_mask(tok: Tokenizer, template: Template, turns: Sequence[Turn], num_
     contents = [part for _, text in turns if isinstance(text, str)
                 for part in (p.strip(" ") for p in text.split(IMAGE_PLACEHOLDER)) if part.strip()]
     flags: list[int] = []
-    for seg in template.segments(turns):
-        if seg.kind in (BOS, EOS):
+    for seg, j, chunk, after in text_chunks(template.segments(turns)):
+        if j < 0:
             flags.append(0)
             continue
-        for j, chunk in enumerate(seg.text.split(IMAGE_PLACEHOLDER)):
-            if j:
-                flags += [0] * num_image_tokens
-            flags += _chunk_content(tok, chunk, j == 0, seg.trained, contents)
+        flags += [0] * (num_image_tokens if j else 0) + _chunk_content(tok, chunk, after, seg.trained, contents)
     return flags
 
 

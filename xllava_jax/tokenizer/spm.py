@@ -12,6 +12,7 @@ from etils import epath
 
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
+SPIECE_UNDERLINE = "\u2581"
 
 
 class Tokenizer:
@@ -82,6 +83,15 @@ class Tokenizer:
         """SentencePiece ids of `text` without the dummy-prefix space (transformers' non-legacy trick)."""
         unk = self.sp.id_to_piece(self.sp.unk_id())
         return self.sp.encode(unk + text)[self._unk_len:] if text else []
+
+    def encode_after_special(self, text: str) -> list[int]:
+        """Ids of text that follows `<s>`/`</s>` in one call of transformers 4.31's slow non-legacy LlamaTokenizer:
+        SentencePiece's pieces with the `▁` of the first piece dropped unless the text starts with a space (a
+        piece that is then not in the vocabulary becomes `<unk>`, as there)."""
+        pieces = self.sp.encode(text, out_type=str) if text else []
+        if pieces and not text.startswith(" ") and pieces[0].startswith(SPIECE_UNDERLINE):
+            pieces = ([pieces[0][1:]] if len(pieces[0]) > 1 else []) + pieces[1:]
+        return [self.sp.piece_to_id(p) for p in pieces]
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """Ids of `text`, recognising `<s>`, `</s>` and added tokens like transformers' LlamaTokenizer."""
