@@ -2,8 +2,8 @@
 
 import pytest
 
-from xllava_jax.eval.metrics import (gqa_match, language_summary, mmbench_circular, mmbench_extract,
-                                     mmbench_rotations, normalize_answer, pope_answer, pope_metrics, vqa_accuracy)
+from xllava_jax.eval.metrics import (gqa_match, language_summary, mmbench_circular, mmbench_match, normalize_answer,
+                                     pope_answer, pope_metrics, vqa_accuracy)
 
 
 @pytest.mark.parametrize("raw,norm", [
@@ -69,19 +69,21 @@ OPTS = {"A": "red", "B": "blue", "C": "green", "D": "yellow"}
 @pytest.mark.parametrize("pred,letter", [
     ("B", "B"), ("B.", "B"), ("(C) green", "C"), ("The answer is D", "D"),
     ("blue", "B"), ("It is green.", "C"), ("A or B", None), ("purple", None), ("red and blue", None),
+    ("A", "A"), ("A cat is red", "A"),  # "A" in an answer of more than 3 words: the article, so the text decides
+    ("E", "E"),  # MMBench's matcher reads A-E whatever the number of options
 ])
-def test_mmbench_extract(pred, letter):
-    assert mmbench_extract(pred, OPTS) == letter
+def test_mmbench_match(pred, letter):
+    assert mmbench_match(pred, OPTS) == letter
 
 
-def test_mmbench_rotations_and_circular():
-    rots = mmbench_rotations(OPTS, "B")
-    assert len(rots) == 4 and rots[0] == (OPTS, "B")
-    assert all(opts[ans] == "blue" for opts, ans in rots)
-    results = ([{"question_id": 1, "pred": a, "answer": a} for _, a in rots]  # all 4 rotations right
-               + [{"question_id": 2, "pred": "A", "answer": "A"}] * 3 + [{"question_id": 2, "pred": "C", "answer": "B"}]
-               + [{"question_id": 3, "pred": None, "answer": "A"}])
-    assert mmbench_circular(results) == {"accuracy": pytest.approx(1 / 3), "questions": 3}
+def test_mmbench_circular_groups_copies_by_index_mod_a_million():
+    rows = ([{"index": i * 1_000_000 + 1, "pred": a, "answer": a} for i, a in enumerate("ABCD")]  # all right
+            + [{"index": 2, "pred": "A", "answer": "A"}, {"index": 1_000_002, "pred": "C", "answer": "B"}]
+            + [{"index": 3, "pred": None, "answer": "A"}, {"index": 1_000_003, "pred": "B", "answer": "B"}]
+            + [{"index": 4, "pred": None, "answer": "A"}, {"index": 1_000_004, "pred": "D", "answer": "B"}])
+    s = mmbench_circular(rows)
+    assert s["questions"] == 4 and s["accuracy"] == pytest.approx(1 / 4) and s["unresolved"] == 1
+    assert s["accuracy_if_unresolved_right"] == pytest.approx(2 / 4) and s["unresolved_questions"] == [3]
 
 
 def test_language_summary():

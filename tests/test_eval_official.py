@@ -31,7 +31,9 @@ def test_mme_acc_plus_acc_per_subtask_summed(tmp_path):
     replies = {"dog": "Yes, there is.", "cat": "No", "car": "yes", "bus": "There is no bus.", "3?": "Yes",
                "4?": "not sure"}
     questions, s = scored("mme", d, lambda q: next(v for k, v in replies.items() if k in q.text))
-    assert questions[0].text == "Is there a dog? Please answer yes or no." and questions[0].image == "existence/1.jpg"
+    # LLaVA's MME question file: "Please answer yes or no." replaced by the short-answer line
+    assert questions[0].text == "Is there a dog?\nAnswer the question using a single word or phrase."
+    assert questions[0].image == "existence/1.jpg"
     # existence: 3/4 right ("There is no bus." -> other: no yes/no in its first 4 characters), images 1/2 fully
     # right: 75 + 50 = 125
     # code_reasoning: "not sure" -> "no" ("no" within the first 4 chars): 2/2, 1/1: 100 + 100 = 200
@@ -86,7 +88,9 @@ def test_textvqa_prompt_with_ocr_tokens_and_m4c_accuracy(tmp_path):
          "answers": ["two"] * 10}]}))
     preds = {0: "Nike.", 1: "2"}
     questions, s = scored("textvqa", path, lambda q: preds[q.question_id])
-    assert questions[0].text == ("what brand is it?\nReference OCR token: Nike, Air\n"
+    assert questions[1].text == ("What number?\nReference OCR token: \n"  # written also with no tokens
+                                 "Answer the question using a single word or phrase.")
+    assert questions[0].text == ("What brand is it?\nReference OCR token: Nike, Air\n"
                                  "Answer the question using a single word or phrase.")
     assert questions[0].image == "train_images/abc.jpg"
     # "nike" given by 2 annotators: 8 subsets keep both (2/3), 2 keep one (1/3): (8*2/3 + 2*1/3)/10 = 0.6
@@ -110,7 +114,7 @@ def test_vizwiz_unanswerable_prompt_and_accuracy(tmp_path):
 def test_submission_files(tmp_path):
     answers = tmp_path / "answers.jsonl"
     answers.write_text("".join(json.dumps({"question_id": k, "text": v}) + "\n" for k, v in
-                               [(1, "Two dogs."), ("VizWiz_test_0.jpg", "Unanswerable"), ("7_r0", "B"), ("7_r1", "C")]))
+                               [(1, "Two dogs."), ("VizWiz_test_0.jpg", "Unanswerable"), ("7", "B"), ("1000007", "C")]))
     vqa = tmp_path / "llava_vqav2_mscoco_test2015.jsonl"
     vqa.write_text("".join(json.dumps({"question_id": i, "text": "?"}) + "\n" for i in (1, 2)))
     assert write_submission("vqav2", vqa, answers, tmp_path / "up" / "vqav2.json")["unanswered"] == 1

@@ -9,7 +9,7 @@ import pytest
 from xllava_jax.eval.__main__ import main
 from xllava_jax.eval.benchmarks import build_questions, read_records
 from xllava_jax.eval.registry import get_benchmark
-from xllava_jax.eval.metrics import mmbench_rotations, pope_metrics, vqa_accuracy
+from xllava_jax.eval.metrics import pope_metrics, vqa_accuracy
 from xllava_jax.eval.runner import evaluate, score_answers
 from xllava_jax.infer.generate import GenerationConfig
 from xllava_jax.infer.loading import load_model, load_tokenizer_for
@@ -75,26 +75,35 @@ def test_scores_of_known_answers_match_the_metrics():
     assert s["overall"]["by_category"]["random"]["accuracy"] == 1.0 and s["metric"] == "f1"
 
 
-def test_mmbench_tsv_circular_scoring(tmp_path):
+def test_mmbench_tsv_one_pass_circular_scoring(tmp_path):
     image = base64.b64encode(b"\x89PNG fake").decode()
-    rows = [{"index": "0", "question": "Which?", "hint": "nan", "A": "cat", "B": "dog", "C": "cow", "D": "nan",
-             "answer": "B", "image": image},
-            {"index": "1", "question": "Color?", "hint": "Look.", "A": "red", "B": "blue", "C": "", "D": "",
-             "answer": "A", "image": image}]
+    opts = ["cat", "dog", "cow"]
+    rows = [{"index": str(k * 1_000_000), "question": "Which?", "hint": "nan",  # the TSV's circular copies
+             **{c: opts[(i + k) % 3] for i, c in enumerate("ABC")}, "D": "nan",
+             "answer": "ABC"[(1 - k) % 3], "image": image} for k in range(3)]
+    rows.append({"index": "1", "question": "Color?", "hint": "Look.", "A": "red", "B": "blue", "C": "",
+                 "D": "green", "answer": "A", "image": image})  # LLaVA asks A and B: it stops at the gap
     path = tmp_path / "mmbench.tsv"
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
         writer.writeheader()
         writer.writerows(rows)
     questions = questions_of("mmbench", read_records(path))
-    assert len(questions) == 3 + 2 and questions[0].image == b"\x89PNG fake"
+    assert len(questions) == 4 and questions[0].image == b"\x89PNG fake"  # one question per row, no rotation
+    assert questions[1].text == "Which?\nA. dog\nB. cow\nC. cat\nAnswer with the option's letter from the given " \
+                                "choices directly."
     assert questions[3].text == ("Look.\nColor?\nA. red\nB. blue\n"
                                  "Answer with the option's letter from the given choices directly.")
-    rotations = mmbench_rotations({"A": "cat", "B": "dog", "C": "cow"}, "B")
-    preds = {f"0_r{r}": f"{letter}." for r, (_, letter) in enumerate(rotations)}  # every rotation right
-    preds.update({"1_r0": "A", "1_r1": "A"})  # right once, wrong after rotation
+    preds = {"0": "B.", "1000000": "A", "2000000": "C) cat", "1": "A"}  # every copy of 0 right; 1 right
     s = score_answers(get_benchmark("mmbench"), questions, preds)
-    assert s["score"] == 0.5 and s["overall"]["single_pass_accuracy"] == 1.0
+    assert s["score"] == 1.0 and s["overall"]["questions"] == 2 and s["overall"]["rows"] == 4
+    preds["2000000"] = "The cow"  # text match: cow is option A of that copy, the answer is C (dog) -> wrong
+    s = score_answers(get_benchmark("mmbench"), questions, preds)
+    assert s["score"] == 0.5 and s["overall"]["unresolved"] == 0
+    preds["2000000"] = "I am not sure"  # the rules cannot read it: unresolved (MMBench would ask ChatGPT)
+    s = score_answers(get_benchmark("mmbench"), questions, preds)
+    assert s["score"] == 0.5 and s["overall"]["unresolved"] == 1 and s["overall"]["accuracy_if_unresolved_right"] == 1.0
+    assert get_benchmark("mmbench").max_new_tokens == 1024
 
 
 def test_eval_run_cli_on_pope(tiny_llava_hf_dir, question_set, tmp_path, capsys):

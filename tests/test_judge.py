@@ -56,7 +56,8 @@ def test_judge_run_caches_and_reports(fake_openai, fake_api_env, tmp_path):
     fake_api_env(server)
     q, a, b = _write_inputs(tmp_path)
     out = tmp_path / "out"
-    cfg = JudgeConfig(str(q), str(a), str(b), str(tmp_path / "img"), str(out), "X-LLaVA", "LLaVA", progress=False)
+    cfg = JudgeConfig(str(q), str(a), str(b), str(tmp_path / "img"), str(out), "X-LLaVA", "LLaVA", progress=False,
+                      protocol="swap")
     s = run_judge(cfg, ChatClient(ApiConfig.from_env()))
     # ids 0,2,4: A longer -> win; id 1: equal -> tie; ids 3,5: A shorter -> loss
     assert s["counts"] == {"win": 3, "tie": 1, "loss": 2} and s["percent"]["win"] == 50.0 and s["invalid"] == 0
@@ -72,7 +73,8 @@ def test_judge_run_caches_and_reports(fake_openai, fake_api_env, tmp_path):
 def test_word_limit_changes_what_is_judged(fake_openai, fake_api_env, tmp_path):
     fake_api_env(fake_openai())
     q, a, b = _write_inputs(tmp_path)
-    cfg = JudgeConfig(str(q), str(a), str(b), str(tmp_path / "img"), str(tmp_path / "o"), word_limit=4, progress=False)
+    cfg = JudgeConfig(str(q), str(a), str(b), str(tmp_path / "img"), str(tmp_path / "o"), word_limit=4, progress=False,
+                      protocol="swap")
     s = run_judge(cfg, ChatClient(ApiConfig.from_env()))
     # every answer is cut to at most 4 words, so the 20-word answers now tie with B's; ids 3 and 5 still lose
     assert s["counts"] == {"win": 0, "tie": 4, "loss": 2}
@@ -115,10 +117,18 @@ def test_xllava_protocol_asks_once_with_the_papers_question_and_charts_pairs(fak
     assert text.endswith("Which answer is better? Reply 'Answer A is better', 'Answer B is better' or "
                          "'Both answers are similar'.") and "length" not in text
     swap = run_judge(JudgeConfig(str(q), str(a), str(b), str(tmp_path / "img"), str(tmp_path / "s"), "X-LLaVA",
-                                 "LLaVA", progress=False), ChatClient(ApiConfig.from_env()))
+                                 "LLaVA", progress=False, protocol="swap"), ChatClient(ApiConfig.from_env()))
     assert swap["protocol"] == "swap"
     assert main(["chart", str(tmp_path / "x" / "summary.json"), str(tmp_path / "s" / "summary.json"),
                  "--out", str(tmp_path / "pairs.png")]) == 0
     assert (tmp_path / "pairs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="protocol"):
         JudgeConfig(str(q), str(a), str(b), "i", "o", protocol="both")
+
+
+def test_paper_protocol_is_the_default():
+    from xllava_jax.eval.__main__ import build_parser
+    assert JudgeConfig("q", "a", "b", "i", "o").protocol == "xllava"
+    args = build_parser().parse_args(["judge", "--questions", "q", "--answers_a", "a", "--answers_b", "b",
+                                      "--image_root", "i", "--out", "o"])
+    assert args.protocol == "xllava" and args.word_limit is None

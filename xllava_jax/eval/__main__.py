@@ -10,6 +10,7 @@ import sys
 from typing import Sequence
 
 from xllava_jax.cli import add_subparsers, new_parser, run_subcommand
+from xllava_jax.eval.benchmarks import INSTRUCTION_LANGS
 from xllava_jax.eval.judge import JudgeConfig, run_judge
 from xllava_jax.openai_api import ApiConfig, ChatClient
 
@@ -36,14 +37,31 @@ def add_review_args(p: argparse.ArgumentParser) -> None:
                     "judge model (LLaVA used gpt-4-0314; ko_open's judge sees the image)")
 
 
+def env_default(setting: str) -> str:
+    """The `(default: ...)` text of a judge API flag: JUDGE_*, then OPENAI_*, then ApiConfig's value."""
+    value = getattr(ApiConfig(), setting)
+    env = setting.upper()
+    return (f"(default: $JUDGE_{env}, else $OPENAI_{env}, else "
+            + ("none" if value is None else str(value)) + ")")
+
+
 def add_client_args(g: argparse._ActionsContainer, prefix: str, model_help: str) -> None:
     """The judge API flags (base URL, model, concurrency, budget, timeout), named with `prefix`."""
-    g.add_argument(f"--{prefix}base_url", help="judge API base URL")
-    g.add_argument(f"--{prefix}model", help=model_help)
-    g.add_argument(f"--{prefix}concurrency", type=int, help="requests in flight")
+    g.add_argument(f"--{prefix}base_url", help=f"judge API base URL {env_default('base_url')}")
+    g.add_argument(f"--{prefix}model", help=f"{model_help} {env_default('model')}")
+    g.add_argument(f"--{prefix}concurrency", type=int, help=f"requests in flight {env_default('concurrency')}")
     g.add_argument(f"--{prefix}budget_usd", type=float, help="stop once this much is spent, counting earlier runs "
-                                                             "into the same --out (OUT/replies.jsonl)")
-    g.add_argument(f"--{prefix}timeout_s", type=float, help="per-request timeout")
+                   f"into the same --out (OUT/replies.jsonl) {env_default('budget_usd')}")
+    g.add_argument(f"--{prefix}timeout_s", type=float, help=f"per-request timeout {env_default('timeout_s')}")
+
+
+def add_lang_args(p: argparse.ArgumentParser) -> None:
+    """--lang and --instruction_lang."""
+    p.add_argument("--lang", help="language of records without a lang field (default: the benchmark's, en; "
+                                  "koviz, koliv, ko_open: ko)")
+    p.add_argument("--instruction_lang", choices=INSTRUCTION_LANGS, default="native",
+                   help="language of the instruction line of a non-English question: native (its own) or en "
+                        "(LLaVA-1.5's English line, as X-LLaVA's Table 3); recorded in scores.json")
 
 
 def make_reviewer(args: argparse.Namespace, benchmark: str):
@@ -86,13 +104,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     reviewer = make_reviewer(args, args.benchmark)  # judge settings checked before the model loads
     args.max_new_tokens = args.max_new_tokens or bench.max_new_tokens or EVAL_CONFIG.max_new_tokens
     engine = build_engine(args)  # resolves --template (default: the checkpoint's training template)
-    instruction = args.instruction  # open-ended (judged) benchmarks never get the trained short-answer line
-    if instruction is None and not bench.judged:
+    instruction = args.instruction  # the trained line replaces only a free-form short-answer line
+    if instruction is None and bench.short_answer:
         instruction = trained_prompting(args.checkpoint).get("instruction")
     config = generation_config(args)
     scores = evaluate(engine.model, engine.params, engine.tokenizer, bench, records,
                       image_root=args.image_root, template=args.template, config=config,
                       out_dir=args.out, instruction=instruction, default_lang=args.lang, mesh=engine.mesh,
+                      instruction_lang=args.instruction_lang,
                       model_id=args.model_id or args.checkpoint, progress=not args.no_progress,
                       checkpoint=checkpoint_identity(engine.params, args.checkpoint), reviewer=reviewer)
     print_scores(scores)
@@ -107,10 +126,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     from xllava_jax.eval.runner import score_answers, write_scores
 
     bench = get_benchmark(args.benchmark)
-    questions = build_questions(bench, load_benchmark_records(bench, args.data), args.instruction, args.lang)
+    questions = build_questions(bench, load_benchmark_records(bench, args.data), args.instruction, args.lang,
+                                args.instruction_lang)
     by_id = {str(r["question_id"]): r["text"] for r in read_jsonl(args.answers)}
     answers = {q.question_id: by_id[str(q.question_id)] for q in questions if str(q.question_id) in by_id}
     scores = score_answers(bench, questions, answers, make_reviewer(args, args.benchmark))
+    scores["instruction_lang"] = args.instruction_lang
     write_scores(args.out, scores, bench)
     print_scores(scores)
     return 0
@@ -135,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = new_parser("python -m xllava_jax.eval", __doc__)
     sub = add_subparsers(p)
     from xllava_jax.eval.registry import BENCHMARKS
+    from xllava_jax.eval.runner import EVAL_CONFIG
     from xllava_jax.infer.__main__ import add_model_args
 
     r = sub.add_parser("run", help="answer and score a benchmark (vqav2, gqa, pope, mmbench, bvqa, mme, seed, "
@@ -142,15 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "judge; multilingual when records carry lang)",
                        description="Writes OUT/answers.jsonl (resumable) and OUT/scores.json.")
     add_model_args(r, max_new_tokens=128)
-    r.set_defaults(max_new_tokens=None)  # None: the benchmark's (128; LLaVA-Bench, ko_open 1024)
+    r.set_defaults(max_new_tokens=None)  # None: the benchmark's
+    next(a for a in r._actions if a.dest == "max_new_tokens").help = (
+        "most tokens generated per answer (default: the benchmark's, as LLaVA's scripts: "
+        + ", ".join(f"{n} {b.max_new_tokens}" for n, b in sorted(BENCHMARKS.items()) if b.max_new_tokens)
+        + f"; the others {EVAL_CONFIG.max_new_tokens})")
     r.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS), help="which benchmark's scoring")
     r.add_argument("--data", required=True, help="benchmark file (.jsonl, .json or MMBench .tsv) or the official "
                                                  "release file/directory (docs/evaluation.md)")
     r.add_argument("--image_root", help="directory the record images are relative to")
     r.add_argument("--out", required=True, help="output directory")
-    r.add_argument("--instruction", help="replace the instruction line after each question ('' = none; default: "
-                                         "the one the checkpoint was trained with, else the benchmark's)")
-    r.add_argument("--lang", help="language of records without a lang field (default en; ko_open: ko)")
+    r.add_argument("--instruction", help="replace the short-answer line after each question ('' = none; default: "
+                                         "the one the checkpoint was trained with, else the benchmark's); the "
+                                         "option-letter and 'Unanswerable' lines are never replaced")
+    add_lang_args(r)
     r.add_argument("--model_id", help="model_id written in each answer (default: the checkpoint path)")
     r.add_argument("--no_progress", action="store_true", help="no progress bar")
     add_review_args(r)
@@ -164,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "OUT/answers.jsonl or LLaVA's answer file")
     s.add_argument("--image_root", help="directory the record images are relative to (ko_open's judge sees them)")
     s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--instruction", help="the instruction line the answers were asked with (prompts only)")
-    s.add_argument("--lang", help="language of records without a lang field (default en; ko_open: ko)")
+    s.add_argument("--instruction", help="the short-answer line the answers were asked with (prompts only)")
+    add_lang_args(s)
     add_review_args(s)
     s.set_defaults(fn=cmd_score)
     u = sub.add_parser("submit", help="write a test-set upload file (VQAv2 test-dev JSON, VizWiz test JSON, "
@@ -188,10 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--out", required=True, help="output directory")
     j.add_argument("--name_a", default="A", help="display name of model A")
     j.add_argument("--name_b", default="B", help="display name of model B")
-    j.add_argument("--word_limit", type=int, help="cut both answers to this many words first (paper: 30)")
-    j.add_argument("--protocol", choices=("swap", "xllava"), default="swap",
-                   help="swap: both orders, combined (default); xllava: the paper's single order and A/B/similar "
-                        "question, no extra instructions")
+    j.add_argument("--word_limit", type=int, help="cut both answers to this many words first (default: no cut; "
+                                                  "the paper's 30-word runs limit the answers when they are "
+                                                  "generated: infer generate --word_limit 30)")
+    j.add_argument("--protocol", choices=("xllava", "swap"), default="xllava",
+                   help="xllava: the paper's single order and A/B/similar question, no extra instructions; swap: "
+                        "both orders, combined")
     j.add_argument("--cache", help="judgement cache JSONL (default OUT/judge_cache.jsonl; share it across runs)")
     add_client_args(j, "", "judge model (vision-capable)")
     j.add_argument("--no_progress", action="store_true", help="no progress bar")

@@ -4,8 +4,9 @@ Record formats (one JSON object per line; `lang` optional, default "en"; see REA
 - vqav2:   {"question_id", "image", "text", "answers": [10 annotator answers]}      -> VQA accuracy
 - gqa:     {"question_id", "image", "text", "answer"}                                -> exact match
 - pope:    {"question_id", "image", "text", "label": "yes"|"no", "category"}         -> POPE F1 etc.
-- mmbench: MMBench TSV (index, question, hint, A..E, answer, image base64) or JSONL with
-           the same keys and `image` as a path                                       -> circular accuracy
+- mmbench: MMBench TSV (index, question, hint, A..D, answer, image base64; the dev TSV holds the
+           circular copies as rows index + k*10^6) or JSONL with the same keys and `image`
+           as a path                                                                 -> CircularEval accuracy
 - bvqa:    {"question_id", "image", "text", "answer", "lang", "answer_lang"}         -> exact match per pair
 A multilingual version is the same records with `lang` set (or parallel `{lang: text}` values);
 scores are then given per language with the non-English average.
@@ -23,8 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from xllava_jax.data.multilingual.phrasings import BVQA_INSTRUCTION, phrase_language
 from xllava_jax.jsonl import read_jsonl
-from xllava_jax.eval.metrics import (gqa_match, mmbench_circular, mmbench_extract, mmbench_rotations,
-                                     normalize_answer, pope_metrics, vqa_accuracy)
+from xllava_jax.eval.metrics import (gqa_match, mmbench_circular, mmbench_match, normalize_answer, pope_metrics,
+                                     vqa_accuracy)
 from xllava_jax.infer.answers import Question
 
 SHORT_ANSWER = {"en": "Answer the question using a single word or phrase.",  # LLaVA's short-answer instruction
@@ -32,8 +33,9 @@ SHORT_ANSWER = {"en": "Answer the question using a single word or phrase.",  # L
 OPTION_LETTER = {"en": "Answer with the option's letter from the given choices directly.",
                  "zh": "请直接回答选项字母。",  # LLaVA's MMBench-CN instruction
                  "ko": "주어진 선택지 중 해당 옵션의 문자로 직접 답하세요."}
-OPTION_KEYS = ("A", "B", "C", "D", "E", "F")
+OPTION_KEYS = ("A", "B", "C", "D")  # MMBench's options (LLaVA's model_vqa_mmbench.py asks A-D)
 PARALLEL_FIELDS = ("text", "question", "hint", "answer", "answers", *OPTION_KEYS)
+INSTRUCTION_LANGS = ("native", "en")  # the instruction line in the question's language, or LLaVA-1.5's English
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,11 +50,17 @@ class Benchmark:
     judged: bool = False  # scored by a judge: score(questions, predictions, reviewer) (eval/review.py)
     max_new_tokens: int | None = None  # answer length the official evaluation allows (None: EVAL_CONFIG's 128)
     default_lang: str = "en"  # language of records without a lang field (when --lang is not given)
+    short_answer: bool = False  # its instruction is the free-form short-answer line (an override may replace it)
 
 
 def instruction(table: Mapping[str, str], lang: str, override: str | None) -> str:
     """The instruction appended to a question: `override` if given, else the table's phrase in `lang` (English fallback)."""
     return override if override is not None else table.get(lang, table["en"])
+
+
+def line_lang(record: Mapping[str, Any]) -> str:
+    """The language of a record's instruction line: its own (`instruction_lang` native) or English ("en")."""
+    return "en" if record.get("instruction_lang") == "en" else record.get("lang", "en")
 
 
 def with_instruction(text: str, extra: str) -> str:
@@ -77,7 +85,8 @@ def short_answer_items(gold: Sequence[str]) -> Callable[[dict, str | None], list
         require(record, "question_id", "text", *gold)
         lang = record.get("lang", "en")
         meta = {k: record[k] for k in (*gold, "category") if k in record}
-        return [Question(record["question_id"], with_instruction(record["text"], instruction(SHORT_ANSWER, lang, override)),
+        extra = instruction(SHORT_ANSWER, line_lang(record), override)
+        return [Question(record["question_id"], with_instruction(record["text"], extra),
                          record.get("image") or None, {**meta, "lang": lang})]
     return items
 
@@ -121,44 +130,59 @@ def score_pope(questions: Sequence[Question], preds: Sequence[str]) -> dict:
             "splits": categories, "pooled": pooled, "by_category": by_category}
 
 
+def missing_option(value: Any) -> bool:
+    """An empty MMBench cell: None, NaN, or "" / "nan" / "none" in any case (LLaVA's is_none, pandas' NaN)."""
+    return value is None or (isinstance(value, float) and value != value) or \
+        str(value).strip().lower() in ("", "nan", "none")
+
+
+def mmbench_prompt_options(record: dict) -> dict[str, str]:
+    """The options LLaVA's model_vqa_mmbench.py asks: A, B, ... up to the first missing one (get_options)."""
+    out = {}
+    for k in OPTION_KEYS:
+        if missing_option(record.get(k)):
+            break
+        out[k] = str(record[k])
+    return out
+
+
 def mmbench_options(record: dict) -> dict[str, str]:
-    """The record's non-empty options A, B, ... in order."""
-    return {k: str(record[k]) for k in OPTION_KEYS if isinstance(record.get(k), str) and record[k].strip()
-            and record[k].strip().lower() != "nan"}
+    """The options MMBench's matcher compares answers with: every non-missing one of A-D (build_choices)."""
+    return {k: str(record[k]) for k in OPTION_KEYS if not missing_option(record.get(k))}
 
 
 def mmbench_question(record: dict, options: Mapping[str, str], extra: str) -> str:
     """LLaVA's MMBench prompt: hint, question, one "A. option" line per option, then the instruction."""
     hint = record.get("hint")
     text = str(record["question"])
-    if isinstance(hint, str) and hint.strip() and hint.strip().lower() != "nan":
+    if not missing_option(hint):
         text = f"{hint}\n{text}"
     text += "".join(f"\n{k}. {v}" for k, v in options.items())
     return with_instruction(text, extra)
 
 
 def mmbench_items(record: dict, override: str | None) -> list[Question]:
-    """One question per circular rotation of the options, sharing the record's index."""
+    """One question per TSV row, as LLaVA answers it (the dev/test TSVs already hold the circular copies, rows
+    index + k * 10^6); the option-letter line is never replaced."""
     require(record, "index", "question", "answer", "A", "B")
     options = mmbench_options(record)
     if record["answer"] not in options:
         raise ValueError(f"record {record['index']!r}: answer {record['answer']!r} is not one of {list(options)}")
     lang = record.get("lang", "en")
-    out = []
-    for r, (rotated, letter) in enumerate(mmbench_rotations(options, record["answer"])):
-        text = mmbench_question(record, rotated, instruction(OPTION_LETTER, lang, override))
-        out.append(Question(f"{record['index']}_r{r}", text, record.get("image") or None,
-                            {"index": record["index"], "options": rotated, "answer": letter, "lang": lang,
-                             **({"category": record["category"]} if record.get("category") else {})}))
-    return out
+    text = mmbench_question(record, mmbench_prompt_options(record), instruction(OPTION_LETTER, line_lang(record), None))
+    return [Question(record["index"], text, record.get("image") or None,
+                     {"index": record["index"], "options": options, "answer": record["answer"], "lang": lang,
+                      **({"category": record["category"]} if record.get("category") else {})})]
 
 
 def score_mmbench(questions: Sequence[Question], preds: Sequence[str]) -> dict:
-    """Circular accuracy, plus the accuracy of the unrotated pass alone."""
-    results = [{"question_id": q.metadata["index"], "answer": q.metadata["answer"],
-                "pred": mmbench_extract(p, q.metadata["options"])} for q, p in zip(questions, preds)]
-    first = [r for q, r in zip(questions, results) if str(q.question_id).endswith("_r0")]
-    return {**mmbench_circular(results), "single_pass_accuracy": mean(r["pred"] == r["answer"] for r in first)}
+    """CircularEval over index mod 10^6 with MMBench's rule-based matcher (unreadable answers: unresolved), and
+    the accuracy over rows."""
+    results = [{"index": q.metadata["index"], "answer": q.metadata["answer"],
+                "pred": mmbench_match(p, q.metadata["options"])} for q, p in zip(questions, preds)]
+    return {**mmbench_circular(results), "rows": len(results),
+            "row_accuracy": mean(r["pred"] == r["answer"] for r in results),
+            "rows_unresolved": sum(r["pred"] is None for r in results)}
 
 
 def bvqa_items(record: dict, override: str | None) -> list[Question]:
@@ -189,10 +213,10 @@ def mean(values: Any) -> float:
 
 
 CORE_BENCHMARKS: dict[str, Benchmark] = {  # the rest: eval/official.py, eval/review.py; all: eval/registry.py
-    "vqav2": Benchmark("vqav2", short_answer_items(["answers"]), score_vqav2, "accuracy"),
-    "gqa": Benchmark("gqa", short_answer_items(["answer"]), score_gqa, "accuracy"),
-    "pope": Benchmark("pope", short_answer_items(["label"]), score_pope, "f1"),
-    "mmbench": Benchmark("mmbench", mmbench_items, score_mmbench, "accuracy"),
+    "vqav2": Benchmark("vqav2", short_answer_items(["answers"]), score_vqav2, "accuracy", short_answer=True),
+    "gqa": Benchmark("gqa", short_answer_items(["answer"]), score_gqa, "accuracy", short_answer=True),
+    "pope": Benchmark("pope", short_answer_items(["label"]), score_pope, "f1", short_answer=True),
+    "mmbench": Benchmark("mmbench", mmbench_items, score_mmbench, "accuracy", max_new_tokens=1024),
     "bvqa": Benchmark("bvqa", bvqa_items, score_bvqa, "accuracy"),
 }
 
@@ -235,13 +259,17 @@ def read_records(path: str | os.PathLike) -> list[dict]:
 
 
 def build_questions(benchmark: Benchmark, records: Sequence[dict], instruction_override: str | None = None,
-                    default_lang: str | None = None) -> list[Question]:
+                    default_lang: str | None = None, instruction_lang: str = "native") -> list[Question]:
     """Every question of a benchmark's records (parallel records expanded per language; records without `lang`
-    are in `default_lang`, else the benchmark's default language)."""
+    are in `default_lang`, else the benchmark's default language). `instruction_lang` "native" writes the
+    instruction line in the question's language, "en" in LLaVA-1.5's English for every language."""
+    if instruction_lang not in INSTRUCTION_LANGS:
+        raise ValueError(f"instruction_lang must be one of {INSTRUCTION_LANGS}, got {instruction_lang!r}")
     out: list[Question] = []
     for record in records:
         for rec in expand_parallel(record):
-            out += benchmark.items({"lang": default_lang or benchmark.default_lang, **rec}, instruction_override)
+            rec = {"lang": default_lang or benchmark.default_lang, **rec, "instruction_lang": instruction_lang}
+            out += benchmark.items(rec, instruction_override)
     ids = [q.question_id for q in out]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)

@@ -1,15 +1,17 @@
 """Preference evaluation (X-LLaVA section 6): a vision judge compares answers A and B for image + question.
 
 Two protocols, recorded in the summary:
-- ``xllava`` (the paper's): one order (A = model A), the image, the question and both answers, and the
+- ``xllava`` (default, the paper's): one order (A = model A), the image, the question and both answers, and the
   question whether Answer A is better, Answer B is better or both answers are similar; no system prompt and
   no further instructions. A -> win, B -> loss, similar -> tie.
-- ``swap`` (default): each question is judged twice, with the two models' answers in both positions, to cancel
+- ``swap``: each question is judged twice, with the two models' answers in both positions, to cancel
 the judge's position bias. From model A's side the two verdicts combine as: both orders
 prefer A, or one prefers A and the other says similar -> win; the mirror -> loss;
 both similar, or the orders disagree (each prefers whichever came first/second) -> tie.
-Optionally both answers are cut to ``word_limit`` words first (the paper's 30-word
-variant; a word is a whitespace-separated token, or one CJK character). Every ordered
+The paper's 30-word runs limit the answers when they are generated (``infer generate --word_limit 30`` asks
+each model for at most 30 words: "the answers were limited to 30 words", for GPT-4V's answers too);
+``word_limit`` here instead cuts given answers to that many words (a word is a whitespace-separated token, or
+one CJK character), for answers generated without the limit. Every ordered
 judgement is cached on disk (key: judge model, prompt version, image bytes, question and
 both answers), so a rerun sends no request. Outputs: ``judgements.jsonl``,
 ``summary.json`` (win/tie/loss counts and percentages, token counts), ``table.md`` and
@@ -143,7 +145,7 @@ class JudgeConfig:
     cache: str | None = None  # default: <out_dir>/judge_cache.jsonl
     parse_retries: int = 2
     progress: bool = True
-    protocol: str = "swap"  # "swap" (both orders) or "xllava" (the paper's single order)
+    protocol: str = "xllava"  # "xllava" (the paper's single order) or "swap" (both orders)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:

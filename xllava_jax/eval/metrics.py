@@ -9,8 +9,11 @@
 - ``pope_answer`` / ``pope_metrics``: LLaVA's POPE parsing for English (first sentence, commas
   removed, "No"/"not"/"no" -> no, else yes); a yes/no lexicon per language for the others
   (unmatched -> unparsed, counted wrong); then accuracy, precision, recall, F1, yes-ratio.
-- ``mmbench_extract`` / ``mmbench_circular``: option-letter extraction (MMBench's rule-based
-  matcher) and circular evaluation (a question counts only if every rotation is right).
+- ``mmbench_match`` / ``mmbench_circular``: MMBench's own rule-based answer matcher (its evaluation script's
+  ``can_infer``: a lone option letter A-E, bare or in one of its punctuation frames, else exactly one option
+  text inside the answer) and CircularEval over the TSV's circular copies (a question, ``index mod 10^6``,
+  counts when every copy is right; an answer the rules cannot read is what MMBench asks ChatGPT about:
+  reported as unresolved).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def _punctuation(text: str) -> str:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD_STRIP.sub("", out)
+    return _PERIOD_STRIP.sub("", out, re.UNICODE)  # EvalAI passes re.UNICODE as `count`: at most 32 periods go
 
 
 def _digits_articles(text: str) -> str:
@@ -167,40 +170,55 @@ def pope_metrics(preds: Sequence[str], labels: Sequence[str], lang: str | Sequen
             "yes_ratio": _ratio(sum(a == "yes" for a in parsed), len(p)), "unparsed": sum(a is None for a in parsed)}
 
 
-def mmbench_extract(pred: str, options: Mapping[str, str]) -> str | None:
-    """The option letter a free-form answer picks: a lone letter token, else a unique option text; None if unclear."""
-    spaced = pred
-    for ch in ".()[],:;!*#{}":
-        spaced = spaced.replace(ch, " ")
-    tokens = spaced.split()
-    letters = [k for k in options if k in tokens]
-    if len(letters) == 1:
-        return letters[0]
-    if not letters:
-        low = pred.lower()
-        by_text = [k for k, v in options.items() if str(v).lower() and str(v).lower() in low]
-        if len(by_text) == 1:
-            return by_text[0]
+MMBENCH_LETTERS = "ABCDE"  # the letters MMBench's matcher looks for, whatever the number of options
+MMBENCH_REJECTIONS = ("Failed to obtain answer via API",)
+_MMBENCH_FRAMES = (("", "."), ("", ","), ("", ":"), ("", ")"), ("", ")."), ("(", ")"), ("(", ")."), (":", ""),
+                   (":", ","), (":", "."), (":", ")"), (":", ")."))
+
+
+def mmbench_letter(answer: str) -> str | None:
+    """MMBench's can_infer_option: the one letter A-E that is a whitespace-separated word of the answer (unless
+    "A" is such a word of a longer answer: then maybe the article), else the one letter in a punctuation frame
+    ("B.", "(C)", ":D", ...) when exactly one letter appears in that frame."""
+    if any(r in answer for r in MMBENCH_REJECTIONS):
+        return None
+    splits = [x.strip() for x in answer.split()]
+    if sum(c in splits for c in MMBENCH_LETTERS) == 1 and not ("A" in splits and len(splits) > 3):
+        return next(c for c in MMBENCH_LETTERS if c in splits)
+    for pre, post in _MMBENCH_FRAMES:
+        framed = [c for c in MMBENCH_LETTERS if pre + c + post in splits]
+        if len(framed) == 1:
+            return framed[0]
     return None
 
 
-def mmbench_rotations(options: Mapping[str, str], answer: str) -> list[tuple[dict[str, str], str]]:
-    """Circular variants: option texts rotated over the same letters, with the moved answer letter."""
-    letters = list(options)
-    texts = [options[k] for k in letters]
-    n = len(letters)
-    idx = letters.index(answer)
-    return [({letters[i]: texts[(i + r) % n] for i in range(n)}, letters[(idx - r) % n]) for r in range(n)]
+def mmbench_match(answer: str, options: Mapping[str, str]) -> str | None:
+    """MMBench's rule-based matcher (can_infer): the option letter, else the one option whose text (lower-cased)
+    is inside the lower-cased answer; None when the rules cannot tell (MMBench then asks ChatGPT)."""
+    letter = mmbench_letter(answer)
+    if letter:
+        return letter
+    low = answer.lower()
+    found = [k for k, v in options.items() if str(v).lower() in low]
+    return found[0] if len(found) == 1 else None
 
 
-def mmbench_circular(results: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-    """Circular accuracy: results carry ``question_id`` (shared by rotations), ``pred`` and ``answer`` letters."""
-    groups: dict[Any, bool] = {}
+MMBENCH_CIRCULAR_OFFSET = 1_000_000  # circular copies of question i are rows i + k * 10^6
+
+
+def mmbench_circular(results: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """CircularEval: results carry ``index`` (a TSV row), ``pred`` (letter or None) and ``answer``; a question
+    (index mod 10^6) is right when every copy is; one read wrong makes it wrong; otherwise one unread copy leaves
+    it unresolved (counted wrong in ``accuracy``, right in ``accuracy_if_unresolved_right``)."""
+    groups: dict[int, list[tuple[Any, Any]]] = {}
     for r in results:
-        ok = r.get("pred") is not None and r["pred"] == r["answer"]
-        groups[r["question_id"]] = groups.get(r["question_id"], True) and ok
-    n = len(groups)
-    return {"accuracy": _ratio(sum(groups.values()), n), "questions": n}
+        groups.setdefault(int(r["index"]) % MMBENCH_CIRCULAR_OFFSET, []).append((r.get("pred"), r["answer"]))
+    wrong = {g for g, rows in groups.items() if any(p is not None and p != a for p, a in rows)}
+    unresolved = {g for g, rows in groups.items() if g not in wrong and any(p is None for p, _ in rows)}
+    right = len(groups) - len(wrong) - len(unresolved)
+    return {"accuracy": _ratio(right, len(groups)), "questions": len(groups), "unresolved": len(unresolved),
+            "accuracy_if_unresolved_right": _ratio(right + len(unresolved), len(groups)),
+            "unresolved_questions": sorted(unresolved)}
 
 
 def language_summary(scores: Mapping[str, float], english: str = "en") -> dict[str, Any]:
@@ -213,9 +231,10 @@ def language_summary(scores: Mapping[str, float], english: str = "en") -> dict[s
 
 def language_table(summary: Mapping[str, Any], metric: str, english: str = "en") -> str:
     """Markdown table of a `language_summary`: one column per language (English first), then the non-English
-    average (LRM-LLaVA's table layout)."""
+    average (LRM-LLaVA's table layout); then the language of the instruction lines when `summary` records it."""
     langs = sorted(summary["per_language"], key=lambda k: (k != english, k))
     avg = summary["non_english_avg"]
     cells = [f"{summary['per_language'][k]:.4f}" for k in langs] + ["-" if avg is None else f"{avg:.4f}"]
     return (f"| {metric} | " + " | ".join(langs) + " | non-en avg |\n|" + "---|" * (len(langs) + 2) + "\n"
-            + "| score | " + " | ".join(cells) + " |\n")
+            + "| score | " + " | ".join(cells) + " |\n"
+            + (f"\ninstruction line: {summary['instruction_lang']}\n" if summary.get("instruction_lang") else ""))

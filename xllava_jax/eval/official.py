@@ -1,18 +1,24 @@
 """Benchmarks read from their official release layouts and scored as the official scripts score them.
 
 - ``mme``: MME's eval_tool layout, a directory of ``<subtask>.txt`` files (``image<TAB>question<TAB>yes|no``,
-  two questions per image). MME's calculation.py: answer lower-cased; exactly "yes"/"no", else "yes" or "no"
+  two questions per image). Asked as LLaVA's question file asks: "Please answer yes or no." replaced by the
+  short-answer instruction. MME's calculation.py: answer lower-cased; exactly "yes"/"no", else "yes" or "no"
   within its first 4 characters, else "other"; per subtask acc (questions) + acc+ (images with both right), in
   percent, summed over the 10 perception and the 4 cognition subtasks.
 - ``seed``: SEED-Bench.json (``questions`` with ``choice_a..d``, ``answer``, ``data_type``, ``data_id``,
-  ``question_type_id``; ``question_type`` name -> id); the image subset; LLaVA's prompt (question, "A. ..."
-  lines, the option-letter instruction); LLaVA's convert_seed_for_submission.py scoring: the answer text must
-  equal the letter; accuracy per dimension and overall.
+  ``question_type_id``; ``question_type`` name -> id): the image questions, and the video questions whose middle
+  frame the user supplies as ``SEED-Bench-video-image/<question_id>.png`` next to the JSON (LLaVA's layout; the
+  others are counted and left out); LLaVA's prompt (question, "A. ..." lines, the option-letter instruction);
+  LLaVA's convert_seed_for_submission.py scoring: the answer text must equal the letter; total, image and video
+  accuracy and per dimension.
 - ``scienceqa``: LLaVA's eval layout, a directory with ``llava_test_CQM-A.json`` (prompts), ``problems.json`` and
   ``pid_splits.json``; the option-letter instruction appended (LLaVA's --single-pred-prompt); LLaVA's
-  eval_science_qa.py parsing (a bare letter, "X. ...", or one "The answer is X." match); headline: IMG accuracy.
+  eval_science_qa.py parsing (a bare letter, "X. ...", or one "The answer is X." match); headline: IMG accuracy;
+  1024 new tokens (model_vqa_science.py).
 - ``textvqa``: TextVQA_0.5.1_val.json (``data``: question_id, image_id, question, answers, ocr_tokens); LLaVA-1.5's
-  prompt (question, "Reference OCR token: a, b, c", short-answer instruction); m4c_evaluator's TextVQA accuracy.
+  prompt (question with its first letter upper-cased, "Reference OCR token: a, b, c" written also with no
+  tokens, short-answer instruction: three lines, as eval_textvqa.py's prompt_processor expects); m4c_evaluator's
+  TextVQA accuracy.
 - ``xllava_bvqa``: X-LLaVA's BVQA evaluation, i.e. BOK-VQA (Kim et al., 2024; bilingual outside-knowledge VQA),
   BVQA^k (Korean questions) and BVQA^e (English): the release's ``BOKVQA_data_test_{ko,en}.csv`` (img_path,
   question, h, r, t, answer; a directory holding both, or one file whose name ends in ``_ko``/``_en``), or JSONL
@@ -21,18 +27,27 @@
   EvalAI normalisation (articles, punctuation; a final full stop of any script ignored), percent, per language.
 - ``vizwiz``: VizWiz annotations (list of image, question, answers [{answer}]); LLaVA-1.5's prompt (the
   "Unanswerable" line, then the short-answer instruction); VQA accuracy ("unanswerable" is an answer like any).
+- ``koviz`` / ``koliv``: X-LLaVA's Korean VQA-format benchmarks (Table 3), from the user's files (.jsonl, .json or
+  .csv: question_id, image, text or question, and ``answers`` (a list, VQA style) or ``answer``); LLaVA-1.5's
+  short-answer prompt; VQA accuracy (m4c_evaluator: leave-one-annotator-out) with several answers, exact match
+  after the same EvalAI normalisation with one; percent. The judged variant is ``ko_open`` (eval/review.py).
+
+An instruction override (``--instruction``, or the line a checkpoint was trained with) replaces only the
+short-answer line; the option-letter line and VizWiz's "Unanswerable" line are never replaced.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import re
 from typing import Any, Sequence
 
-from xllava_jax.eval.benchmarks import (OPTION_LETTER, SHORT_ANSWER, Benchmark, instruction, mean, read_records,
-                                        require, short_answer_items, short_match, vqa_answers, with_instruction)
+from xllava_jax.eval.benchmarks import (OPTION_LETTER, SHORT_ANSWER, Benchmark, instruction, line_lang, mean,
+                                        read_records, require, short_answer_items, short_match, vqa_answers,
+                                        with_instruction)
 from xllava_jax.eval.metrics import vqa_accuracy
 from xllava_jax.infer.answers import Question
 
@@ -41,6 +56,8 @@ MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebri
 MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 MME_IMAGES_SUBDIR = frozenset({"artwork", "celebrity", "landmark", "posters", "scene"})  # <subtask>/images/<file>
 VIZWIZ_UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
+MME_YES_NO = "Please answer yes or no."  # MME's own line, which LLaVA's question file replaces
+LLAVA_LONG_ANSWER_TOKENS = 1024  # model_vqa_science.py, model_vqa_mmbench.py
 SQA_OPTIONS = ("A", "B", "C", "D", "E")
 _SQA_ANSWER = re.compile(r"The answer is ([A-Z]).")
 
@@ -79,9 +96,11 @@ def load_mme(path: str) -> list[dict]:
 
 
 def mme_items(record: dict, override: str | None) -> list[Question]:
-    """The question as MME writes it (it already asks for yes or no)."""
+    """LLaVA's MME question: MME's "Please answer yes or no." replaced by the short-answer instruction."""
     require(record, "question_id", "text", "answer", "category")
-    return [Question(record["question_id"], with_instruction(record["text"], override or ""), record.get("image"),
+    text = record["text"].replace(MME_YES_NO, "").strip()
+    text = with_instruction(text, instruction(SHORT_ANSWER, line_lang(record), override))
+    return [Question(record["question_id"], text, record.get("image"),
                      {k: record[k] for k in ("answer", "category", "image_name") if k in record} | {"lang": "en"})]
 
 
@@ -110,15 +129,31 @@ def score_mme(questions: Sequence[Question], preds: Sequence[str]) -> dict:
 
 
 # -- SEED-Bench ------------------------------------------------------------------------------------------------
+SEED_VIDEO_FRAMES = "SEED-Bench-video-image"  # <question_id>.png: a video question's middle frame
+
+
 def load_seed(path: str) -> list[dict]:
-    """The image questions of SEED-Bench.json, with their dimension's name."""
+    """SEED-Bench.json's image questions and the video questions whose middle frame is supplied (next to the
+    JSON, SEED-Bench-video-image/<question_id>.png), with their dimension's name; video questions without a
+    frame are left out and counted in the log."""
     data = _read_json(path)
     if not isinstance(data, dict) or "questions" not in data:
         raise ValueError(f"seed: {path} is not SEED-Bench.json (no 'questions')")
     names = {v: k for k, v in data.get("question_type", {}).items()}
-    return [{**q, "image": f"SEED-Bench-image/{q['data_id']}", "dimension": names.get(q["question_type_id"],
-                                                                                         str(q["question_type_id"]))}
-            for q in data["questions"] if q.get("data_type", "image") == "image"]
+    root = os.path.dirname(os.path.abspath(path))
+    records, no_frame = [], 0
+    for q in data["questions"]:
+        kind = q.get("data_type", "image")
+        image = f"SEED-Bench-image/{q['data_id']}" if kind == "image" else f"{SEED_VIDEO_FRAMES}/{q['question_id']}.png"
+        if kind != "image" and not os.path.isfile(os.path.join(root, image)):
+            no_frame += 1
+            continue
+        records.append({**q, "image": image, "data_type": kind,
+                        "dimension": names.get(q["question_type_id"], str(q["question_type_id"]))})
+    if no_frame:
+        logging.getLogger(__name__).warning("seed: %d video questions left out (no middle frame under %s/%s)",
+                                            no_frame, root, SEED_VIDEO_FRAMES)
+    return records
 
 
 def seed_items(record: dict, override: str | None) -> list[Question]:
@@ -126,18 +161,24 @@ def seed_items(record: dict, override: str | None) -> list[Question]:
     require(record, "question_id", "question", "answer", "choice_a", "choice_b")
     lines = [record["question"]] + [f"{k}. {record[f'choice_{k.lower()}']}" for k in "ABCD"
                                     if record.get(f"choice_{k.lower()}") is not None]
-    text = with_instruction("\n".join(lines), instruction(OPTION_LETTER, record.get("lang", "en"), override))
+    text = with_instruction("\n".join(lines), instruction(OPTION_LETTER, line_lang(record), None))
     return [Question(record["question_id"], text, record.get("image"),
                      {"answer": record["answer"], "dimension": record.get("dimension", "?"),
-                      "lang": record.get("lang", "en")})]
+                      "data_type": record.get("data_type", "image"), "lang": record.get("lang", "en")})]
 
 
 def score_seed(questions: Sequence[Question], preds: Sequence[str]) -> dict:
-    """Exact letter match (LLaVA's SEED conversion), per dimension and overall, in percent."""
+    """Exact letter match (LLaVA's convert_seed_for_submission.py), in percent: total, image and video (its three
+    lines), and per dimension."""
     by_dim: dict[str, list[bool]] = collections.defaultdict(list)
+    by_type: dict[str, list[bool]] = collections.defaultdict(list)
     for q, p in zip(questions, preds):
         by_dim[q.metadata["dimension"]].append(p == q.metadata["answer"])
+        by_type[q.metadata.get("data_type", "image")].append(p == q.metadata["answer"])
     return {"accuracy": 100 * mean(ok for oks in by_dim.values() for ok in oks),
+            "image_accuracy": 100 * mean(by_type["image"]) if by_type["image"] else None,
+            "video_accuracy": 100 * mean(by_type["video"]) if by_type["video"] else None,
+            "image_questions": len(by_type["image"]), "video_questions": len(by_type["video"]),
             "by_dimension": {d: 100 * mean(oks) for d, oks in sorted(by_dim.items())}}
 
 
@@ -161,7 +202,7 @@ def load_scienceqa(path: str, split: str = "test") -> list[dict]:
 def scienceqa_items(record: dict, override: str | None) -> list[Question]:
     """The CQM-A prompt plus LLaVA's --single-pred-prompt instruction."""
     require(record, "question_id", "text", "num_choices")
-    text = with_instruction(record["text"], instruction(OPTION_LETTER, record.get("lang", "en"), override))
+    text = with_instruction(record["text"], instruction(OPTION_LETTER, line_lang(record), None))
     return [Question(record["question_id"], text, record.get("image") or None,
                      {"answer": int(record["answer"]), "num_choices": int(record["num_choices"]),
                       "multimodal": bool(record.get("image")), "lang": record.get("lang", "en")})]
@@ -198,12 +239,12 @@ def load_textvqa(path: str) -> list[dict]:
 
 
 def textvqa_items(record: dict, override: str | None) -> list[Question]:
-    """LLaVA-1.5's TextVQA prompt: question, "Reference OCR token: ..." (when there are any), instruction."""
+    """LLaVA-1.5's TextVQA prompt: the question (first letter upper-cased, as LLaVA's question file), the
+    "Reference OCR token: ..." line (also with no tokens), the short-answer instruction."""
     require(record, "question_id", "text", "answers")
-    text = record["text"]
-    if record.get("ocr_tokens"):
-        text += "\nReference OCR token: " + ", ".join(record["ocr_tokens"])
-    text = with_instruction(text, instruction(SHORT_ANSWER, record.get("lang", "en"), override))
+    question = record["text"].strip()
+    text = question[:1].upper() + question[1:] + "\nReference OCR token: " + ", ".join(record.get("ocr_tokens") or [])
+    text = with_instruction(text, instruction(SHORT_ANSWER, line_lang(record), override))
     return [Question(record["question_id"], text, record.get("image"),
                      {"answers": record["answers"], "lang": record.get("lang", "en")})]
 
@@ -227,8 +268,8 @@ def vizwiz_items(record: dict, override: str | None) -> list[Question]:
     """LLaVA-1.5's VizWiz prompt: question, the 'Unanswerable' line, the short-answer instruction."""
     require(record, "question_id", "text")
     lang = record.get("lang", "en")
-    extra = override if override is not None else \
-        f"{VIZWIZ_UNANSWERABLE}\n{instruction(SHORT_ANSWER, lang, None)}"
+    short = instruction(SHORT_ANSWER, line_lang(record), override)
+    extra = f"{VIZWIZ_UNANSWERABLE}\n{short}" if short else VIZWIZ_UNANSWERABLE
     return [Question(record["question_id"], with_instruction(record["text"], extra), record.get("image"),
                      {"answers": record.get("answers") or [], "lang": lang})]
 
@@ -282,12 +323,46 @@ def score_xllava_bvqa(questions: Sequence[Question], preds: Sequence[str]) -> di
     return {"accuracy": 100 * mean(short_match(p, q.metadata["answer"]) for q, p in zip(questions, preds))}
 
 
+# -- X-LLaVA's KoViz and KoLiv (VQA format) ----------------------------------------------------------------------
+def load_ko_vqa(path: str) -> list[dict]:
+    """KoViz / KoLiv records (.jsonl, .json list or .csv): question_id (else the row number), image, text or
+    question, answers (list, or a JSON list in a CSV cell) or answer."""
+    from xllava_jax.eval.review import load_open_ended
+    out = []
+    for r in load_open_ended(path):
+        answers = r.get("answers", r.get("answer"))
+        if isinstance(answers, str) and answers.startswith("["):
+            answers = json.loads(answers)
+        if answers in (None, "", []):
+            raise ValueError(f"{path}: record {r['question_id']!r} has no answers / answer")
+        out.append({**r, "answers": answers if isinstance(answers, list) else [answers]})
+    return out
+
+
+def score_ko_vqa(questions: Sequence[Question], preds: Sequence[str]) -> dict:
+    """Accuracy (percent): VQA accuracy with several reference answers, exact match after EvalAI normalisation
+    with one."""
+    def one(q: Question, p: str) -> float:
+        gold = vqa_answers(q.metadata["answers"])
+        return vqa_accuracy(p, gold) if len(gold) > 1 else float(short_match(p, gold[0]))
+    return {"accuracy": 100 * mean(one(q, p) for q, p in zip(questions, preds))}
+
+
+def _ko_vqa(name: str) -> Benchmark:
+    """KoViz or KoLiv: the same reader and scorer under the benchmark's own name."""
+    return Benchmark(name, short_answer_items(["answers"]), score_ko_vqa, "accuracy", load_ko_vqa, default_lang="ko",
+                     short_answer=True)
+
+
 BENCHMARKS: dict[str, Benchmark] = {
-    "mme": Benchmark("mme", mme_items, score_mme, "total", load_mme),
+    "mme": Benchmark("mme", mme_items, score_mme, "total", load_mme, short_answer=True),
     "seed": Benchmark("seed", seed_items, score_seed, "accuracy", load_seed),
-    "scienceqa": Benchmark("scienceqa", scienceqa_items, score_scienceqa, "img_accuracy", load_scienceqa),
-    "textvqa": Benchmark("textvqa", textvqa_items, score_vqa_like, "accuracy", load_textvqa),
-    "vizwiz": Benchmark("vizwiz", vizwiz_items, score_vizwiz, "accuracy", load_vizwiz),
+    "scienceqa": Benchmark("scienceqa", scienceqa_items, score_scienceqa, "img_accuracy", load_scienceqa,
+                           max_new_tokens=LLAVA_LONG_ANSWER_TOKENS),
+    "textvqa": Benchmark("textvqa", textvqa_items, score_vqa_like, "accuracy", load_textvqa, short_answer=True),
+    "vizwiz": Benchmark("vizwiz", vizwiz_items, score_vizwiz, "accuracy", load_vizwiz, short_answer=True),
     "xllava_bvqa": Benchmark("xllava_bvqa", short_answer_items(["answer"]), score_xllava_bvqa, "accuracy",
-                             load_xllava_bvqa),
+                             load_xllava_bvqa, short_answer=True),
+    "koviz": _ko_vqa("koviz"),
+    "koliv": _ko_vqa("koliv"),
 }

@@ -70,7 +70,8 @@ def evaluate(model: Any, params: Any, tokenizer: Any, benchmark: str | Benchmark
              image_root: str | None = None, template: str = DEFAULT_TEMPLATE, config: GenerationConfig | None = None,
              out_dir: str | os.PathLike | None = None, instruction: str | None = None, default_lang: str | None = None,
              mesh: Mesh | None = None, model_id: str = "xllava", progress: bool = False,
-             checkpoint: dict[str, Any] | None = None, fresh: bool = False, reviewer: Any = None) -> dict:
+             checkpoint: dict[str, Any] | None = None, fresh: bool = False, reviewer: Any = None,
+             instruction_lang: str = "native") -> dict:
     """Answer a benchmark's records with the model and return its scores.
 
     With `out_dir`, answers go to `out_dir/answers.jsonl` (resumable: answered ids are skipped) and scores to
@@ -78,11 +79,12 @@ def evaluate(model: Any, params: Any, tokenizer: Any, benchmark: str | Benchmark
     model trained without it). `checkpoint` identifies the weights (default: a fingerprint of `params`); an
     answers file written by other weights is refused, and `fresh` discards it first (answer everything anew).
     `config` defaults to greedy decoding with the benchmark's answer length; a judged benchmark (llava_bench,
-    ko_open) needs `reviewer` (eval.review.Reviewer).
+    ko_open) needs `reviewer` (eval.review.Reviewer). `instruction_lang` ("native" or "en") is the language of
+    a non-English question's instruction line, recorded in the scores.
     """
     bench = get_benchmark(benchmark)
     config = config or eval_config(bench)
-    questions = build_questions(bench, records, instruction, default_lang)
+    questions = build_questions(bench, records, instruction, default_lang, instruction_lang)
     engine = Engine(model, params, tokenizer, mesh)
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(out_dir) if out_dir is not None else Path(scratch)
@@ -93,7 +95,7 @@ def evaluate(model: Any, params: Any, tokenizer: Any, benchmark: str | Benchmark
         answer_questions(engine, get_template(template), questions, answers_path, image_root=image_root,
                          model_id=model_id, config=config, progress=progress, checkpoint=checkpoint)
         answers = {r["question_id"]: r["text"] for r in read_jsonl(answers_path)}
-        scores = score_answers(bench, questions, answers, reviewer)
+        scores = {**score_answers(bench, questions, answers, reviewer), "instruction_lang": instruction_lang}
         if out_dir is not None:
             write_scores(directory, scores, bench)
     return scores

@@ -59,8 +59,8 @@ def vizwiz_submission(questions: Sequence[dict], answers: dict[str, str], out: s
 
 
 def mmbench_table(tsv: str | os.PathLike, answers: dict[str, str]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the MMBench upload: dropped columns removed, `prediction` inserted (the answer of the
-    unrotated pass, question id `<index>_r0`, or `<index>`); a row without an answer keeps an empty cell."""
+    """(header, rows) of the MMBench upload: dropped columns removed, `prediction` inserted (the answer to the row,
+    question id `<index>`); a row without an answer keeps an empty cell."""
     csv.field_size_limit(sys.maxsize)
     with open(tsv, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t")
@@ -69,7 +69,7 @@ def mmbench_table(tsv: str | os.PathLike, answers: dict[str, str]) -> tuple[list
     header = header[:MMBENCH_PREDICTION_COLUMN] + ["prediction"] + header[MMBENCH_PREDICTION_COLUMN:]
     out = []
     for row in rows:
-        pred = answers.get(f"{row['index']}_r0", answers.get(str(row["index"]), ""))
+        pred = answers.get(str(row["index"]), "")
         out.append([pred if c == "prediction" else row.get(c, "") for c in header])
     return header, out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Sequence
@@ -12,6 +13,7 @@ from xllava_jax.data.templates import get_template
 from xllava_jax.infer.answers import answer_questions, checkpoint_identity, read_questions
 from xllava_jax.infer.chat import Chat
 from xllava_jax.infer.generate import DEFAULT_STEPS_PER_CALL, Engine, GenerationConfig
+from xllava_jax.infer.prompts import with_word_limit
 from xllava_jax.infer.loading import load_model, load_tokenizer_for
 from xllava_jax.models.vocab import check_tokenizer
 from xllava_jax.infer.prompts import DEFAULT_TEMPLATE, load_image, trained_prompting
@@ -86,7 +88,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Answer a LLaVA question file into an answer file (resumable)."""
     engine = build_engine(args)
-    questions = read_questions(args.questions)
+    questions = [dataclasses.replace(q, text=with_word_limit(q.text, args.word_limit, q.metadata.get("lang", "en")))
+                 for q in read_questions(args.questions)]
     written = answer_questions(engine, get_template(args.template), questions, args.out, image_root=args.image_root,
                                model_id=args.model_id or args.checkpoint, config=generation_config(args),
                                progress=not args.no_progress,
@@ -110,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image_root", help="directory the question images are relative to")
     g.add_argument("--out", required=True, help="answer JSONL (appended; answered ids are skipped)")
     g.add_argument("--model_id", help="model_id written in each answer (default: the checkpoint path)")
+    g.add_argument("--word_limit", type=int, help="ask for answers of at most this many words (a line after each "
+                                                  "question, in its `lang`; X-LLaVA's 30-word preference runs; "
+                                                  "default: no limit)")
     g.add_argument("--no_progress", action="store_true", help="no progress bar")
     g.set_defaults(fn=cmd_generate)
     return p

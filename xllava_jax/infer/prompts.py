@@ -62,3 +62,14 @@ def load_image(source: str | bytes, image_root: str | None, size: int) -> np.nda
     except (OSError, ValueError) as e:
         where = "inline image bytes" if isinstance(source, bytes) else image_path(source, image_root)
         raise ImageError(f"cannot read image {where}: {e}") from e
+
+
+WORD_LIMIT_LINE = {"en": "Answer in {n} words or fewer.", "ko": "{n}단어 이내로 답하세요.",
+                   "zh": "请用不超过{n}个词回答。"}  # X-LLaVA section 6: answers limited to 30 words when generated
+
+
+def with_word_limit(text: str, limit: int | None, lang: str = "en") -> str:
+    """`text` followed by the line asking for at most `limit` words, in `lang` (English for other languages)."""
+    if not limit:
+        return text
+    return f"{text}\n{WORD_LIMIT_LINE.get(lang, WORD_LIMIT_LINE['en']).format(n=limit)}"
