@@ -127,3 +127,65 @@ def llava_preprocess(llava, template: str, source: list[dict], tokenizer: SlowLl
     else:
         out = llava.preprocess_v1(sources, tokenizer, has_image=has_image)
     return [int(x) for x in out["input_ids"][0]], [int(x) for x in out["labels"][0]]
+
+
+def run_llava_script(relative: str, argv: list[str]) -> str:
+    """Run one of the llava package's scripts (`__main__`) with `argv`; its printed output."""
+    import contextlib
+    import io
+    import runpy
+    import sys
+
+    out, old = io.StringIO(), sys.argv
+    sys.argv = [relative, *argv]
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(str(llava_file(relative)), run_name="__main__")
+    finally:
+        sys.argv = old
+    return out.getvalue()
+
+
+class _Rows:
+    """The part of a pandas DataFrame MMBench's evaluator reads: len() and .iloc[i] (dict rows)."""
+
+    def __init__(self, rows: list[dict]):
+        self.iloc = rows
+
+    def __len__(self) -> int:
+        return len(self.iloc)
+
+
+def mmbench_evaluator():
+    """MMBench's own evaluator class (its rule-based matcher `can_infer` and circular `eval_sub_data`), as
+    lmms-eval ships it (tasks/mmbench/mmbench_evals.py), executed from that file's source; pandas' isna and
+    the logger are the only stand-ins. The ChatGPT step raises `AskedChatGPT`."""
+    import math
+    import os
+    import random
+    import string
+
+    spec = importlib.util.find_spec("lmms_eval")
+    if spec is None:
+        raise ImportError("the lmms-eval package is missing: pip install --no-deps lmms-eval==0.7.3")
+    path = Path(spec.submodule_search_locations[0]) / "tasks" / "mmbench" / "mmbench_evals.py"
+    tree = ast.parse(path.read_text())
+    body = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MMBench_Evaluator"]
+    isna = lambda v: v is None or (isinstance(v, float) and math.isnan(v))  # noqa: E731
+    pd = types.SimpleNamespace(isna=isna, notna=lambda v: not isna(v))
+    logger = types.SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None,
+                                   error=lambda *a, **k: None)
+    namespace = {"pd": pd, "eval_logger": logger, "string": string, "os": os, "rd": random, "math": math,
+                 "time": None, "requests": None}
+    exec(compile(ast.Module(body=body, type_ignores=[]), str(path), "exec"), namespace)
+
+    class AskedChatGPT(Exception):
+        """MMBench would ask ChatGPT here."""
+
+    class Evaluator(namespace["MMBench_Evaluator"]):
+        def extract_answer_from_item(self, item):
+            raise AskedChatGPT(item["index"])
+
+    Evaluator.AskedChatGPT = AskedChatGPT
+    Evaluator.rows = _Rows
+    return Evaluator()

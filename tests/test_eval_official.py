@@ -10,6 +10,7 @@ import pytest
 
 from xllava_jax.eval.benchmarks import build_questions
 from xllava_jax.eval.registry import get_benchmark, load_benchmark_records
+from xllava_jax.eval.metrics import vqa_accuracy
 from xllava_jax.eval.runner import score_answers
 from xllava_jax.eval.submit import write_submission
 
@@ -59,6 +60,36 @@ def test_seed_image_subset_exact_letter_per_dimension(tmp_path):
     # "B." is not "B" (exact match): Scene 2/3, Instance 0/1, overall 2/4
     assert s["overall"]["by_dimension"] == {"Instance Identity": 0.0, "Scene Understanding": pytest.approx(200 / 3)}
     assert s["score"] == 50.0
+    assert s["overall"]["image_accuracy"] == 50.0 and s["overall"]["video_accuracy"] is None
+    # the video question's middle frame supplied (LLaVA's SEED-Bench-video-image): asked, and the video line
+    (tmp_path / "SEED-Bench-video-image").mkdir()
+    (tmp_path / "SEED-Bench-video-image" / "4.png").write_bytes(b"png")
+    preds["4"] = "A"
+    questions, s = scored("seed", path, lambda q: preds[q.question_id])
+    assert len(questions) == 5 and questions[4].image == "SEED-Bench-video-image/4.png"
+    assert (s["score"], s["overall"]["image_accuracy"], s["overall"]["video_accuracy"]) == (60.0, 50.0, 100.0)
+    assert get_benchmark("seed").max_new_tokens is None  # model_vqa_loader.py's 128
+
+
+def test_long_answer_benchmarks_get_llavas_1024_tokens():
+    assert get_benchmark("scienceqa").max_new_tokens == 1024  # model_vqa_science.py
+    assert get_benchmark("mmbench").max_new_tokens == 1024  # model_vqa_mmbench.py
+    assert get_benchmark("textvqa").max_new_tokens is None and get_benchmark("mme").max_new_tokens is None
+
+
+def test_koviz_koliv_vqa_format_from_user_files(tmp_path):
+    path = tmp_path / "koviz.csv"
+    path.write_text("image,question,answers\na.jpg,무엇입니까?,\"[\"\"고양이\"\", \"\"고양이\"\", \"\"개\"\"]\"\n"
+                    "b.jpg,몇 개?,두 개\n", encoding="utf-8")
+    questions, s = scored("koviz", path, lambda q: {"0": "고양이.", "1": "세 개"}[q.question_id])
+    assert questions[0].text == "무엇입니까?\n한 단어나 짧은 구로 답하세요." and questions[0].image == "a.jpg"
+    # three reference answers: VQA accuracy (leave one annotator out); one: exact match after normalisation
+    # ("세 개" != "두 개")
+    expected = 100 * (vqa_accuracy("고양이.", ["고양이", "고양이", "개"]) + 0) / 2
+    assert s["score"] == pytest.approx(expected) and s["benchmark"] == "koviz"
+    (tmp_path / "bad.jsonl").write_text('{"question_id": 1, "text": "q"}\n')
+    with pytest.raises(ValueError, match="no answers"):
+        load_benchmark_records("koliv", tmp_path / "bad.jsonl")
 
 
 def test_scienceqa_img_accuracy_with_llavas_parsing(tmp_path):

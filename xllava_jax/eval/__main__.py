@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS), help="which benchmark's scoring")
     r.add_argument("--data", required=True, help="benchmark file (.jsonl, .json or MMBench .tsv) or the official "
                                                  "release file/directory (docs/evaluation.md)")
-    r.add_argument("--image_root", help="directory the record images are relative to")
+    r.add_argument("--image_root", help="directory the record images are relative to (default: the current "
+                                        "directory)")
     r.add_argument("--out", required=True, help="output directory")
     r.add_argument("--instruction", help="replace the short-answer line after each question ('' = none; default: "
                                          "the one the checkpoint was trained with, else the benchmark's); the "
@@ -189,9 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="benchmark file or official release file/directory")
     s.add_argument("--answers", required=True, help="answers JSONL (question_id, text), e.g. eval run's "
                                                     "OUT/answers.jsonl or LLaVA's answer file")
-    s.add_argument("--image_root", help="directory the record images are relative to (ko_open's judge sees them)")
+    s.add_argument("--image_root", help="directory the record images are relative to (ko_open's judge sees them; "
+                                        "default: the current directory)")
     s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--instruction", help="the short-answer line the answers were asked with (prompts only)")
+    s.add_argument("--instruction", help="the short-answer line the answers were asked with (prompts only; default: "
+                                         "the benchmark's)")
     add_lang_args(s)
     add_review_args(s)
     s.set_defaults(fn=cmd_score)
