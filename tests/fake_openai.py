@@ -134,6 +134,15 @@ def judge_reply(text: str, fault: str) -> tuple[str, str]:
     return f"Answer {verdict} is more detailed.\n{json.dumps({'verdict': verdict})}", "stop"
 
 
+def mmbench_match_reply(text: str) -> tuple[str, str]:
+    """MMBench's matching request: the option sharing a word with the answer (the last example's), else E."""
+    example = text.rsplit("Example 3: \n", 1)[1]
+    options = dict(re.findall(r"^([A-D])\. (.*)$", example, re.M))
+    answer = set(re.search(r"\nAnswer: (.*)\nYour output: $", example, re.S).group(1).lower().split())
+    hits = [k for k, v in options.items() if answer & set(v.lower().split())]
+    return (hits[0] if len(hits) == 1 else "E"), "stop"
+
+
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeOpenAI
 
@@ -183,6 +192,8 @@ class _Handler(BaseHTTPRequestHandler):
             content, finish = translate_reply(text, fault)
         elif "[Answer A]" in text:
             content, finish = judge_reply(text, fault)
+        elif "match an answer with several options" in text:
+            content, finish = mmbench_match_reply(text)
         else:
             with fake.lock:
                 content, finish = mvif_reply(text, fault, fake.rng)

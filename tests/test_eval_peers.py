@@ -190,3 +190,36 @@ def test_every_eval_flag_shows_a_true_default():
     for flag, value in (("base_url", cfg.base_url), ("model", cfg.model), ("timeout_s", cfg.timeout_s),
                         ("concurrency", cfg.concurrency)):
         assert f"$JUDGE_{flag.upper()}, else $OPENAI_{flag.upper()}, else {value})" in run_help, flag
+
+
+def test_mmbench_unread_answers_go_to_the_judge_with_mmbenchs_prompt(fake_openai, fake_api_env, tmp_path):
+    import csv
+
+    from xllava_jax.eval.__main__ import main
+    server = fake_openai()
+    fake_api_env(server)
+    rows = [{"index": "5", "question": "What animal", "hint": "nan", "A": "small cat", "B": "big dog", "C": "nan",
+             "D": "nan", "answer": "B"},
+            {"index": "1000005", "question": "What animal", "hint": "nan", "A": "big dog", "B": "small cat", "C": "nan",
+             "D": "nan", "answer": "A"}]
+    tsv = tmp_path / "mmbench_dev.tsv"
+    with open(tsv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
+        w.writeheader()
+        w.writerows(rows)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"question_id": "5", "text": "I believe it is the dog"}) + "\n"
+                       + json.dumps({"question_id": "1000005", "text": "A"}) + "\n")
+    args = ["score", "--benchmark", "mmbench", "--data", str(tsv), "--answers", str(answers)]
+    assert main([*args, "--out", str(tmp_path / "rules")]) == 0
+    rules = json.loads((tmp_path / "rules" / "scores.json").read_text())["overall"]
+    assert rules["unresolved"] == 1 and rules["accuracy"] == 0.0 and server.counts["requests"] == 0
+    assert main([*args, "--out", str(tmp_path / "judged"), "--mmbench_judge"]) == 0
+    judged = json.loads((tmp_path / "judged" / "scores.json").read_text())["overall"]
+    assert judged["unresolved"] == 0 and judged["accuracy"] == 1.0 and judged["judge_matched"] == 1
+    [request] = server.requests
+    assert request["model"] == "gpt-3.5-turbo-0613" and request["temperature"] == 0.0
+    prompt = request["messages"][0]["content"]
+    prompt = prompt if isinstance(prompt, str) else prompt[0]["text"]
+    assert prompt.endswith("Question: What animal?\nOptions: There are several options: \nA. small cat\nB. big dog\n"
+                           "\nAnswer: I believe it is the dog\nYour output: ")

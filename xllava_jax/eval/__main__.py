@@ -32,9 +32,13 @@ def judge_client(args: argparse.Namespace, prefix: str = "", temperature: float 
 
 
 def add_review_args(p: argparse.ArgumentParser) -> None:
-    """The judge flags of the judged benchmarks (llava_bench, ko_open)."""
-    add_client_args(p.add_argument_group("judge (llava_bench, ko_open)", JUDGE_ENV), "judge_",
-                    "judge model (LLaVA used gpt-4-0314; ko_open's judge sees the image)")
+    """The judge flags of the judged benchmarks (llava_bench, ko_open) and of MMBench's answer matching."""
+    g = p.add_argument_group("judge (llava_bench, ko_open; mmbench with --mmbench_judge)", JUDGE_ENV)
+    add_client_args(g, "judge_", "judge model (LLaVA used gpt-4-0314; ko_open's judge sees the image; "
+                                 "--mmbench_judge without JUDGE_MODEL: MMBench's gpt-3.5-turbo-0613)")
+    g.add_argument("--mmbench_judge", action="store_true",
+                   help="mmbench: send the answers MMBench's rules cannot read to the judge with MMBench's matching "
+                        "prompt, as MMBench asks ChatGPT (without it they are reported as unresolved)")
 
 
 def env_default(setting: str) -> str:
@@ -65,10 +69,18 @@ def add_lang_args(p: argparse.ArgumentParser) -> None:
 
 
 def make_reviewer(args: argparse.Namespace, benchmark: str):
-    """The judge of a judged benchmark (LLaVA's review settings, replies stored in OUT), else None."""
+    """The judge of a judged benchmark (LLaVA's review settings, replies stored in OUT), MMBench's answer matcher
+    with --mmbench_judge, else None."""
     from xllava_jax.eval.registry import get_benchmark
+    from xllava_jax.eval import review
     from xllava_jax.eval.review import REVIEW_MAX_TOKENS, REVIEW_TEMPERATURE, Reviewer
-    if not get_benchmark(benchmark).judged:
+    bench = get_benchmark(benchmark)
+    if bench.judge_optional and args.mmbench_judge:
+        if not (args.judge_model or os.environ.get("JUDGE_MODEL")):
+            args.judge_model = review.MMBENCH_MATCH_MODEL
+        return review.OptionMatcher(judge_client(args, "judge_", review.MMBENCH_MATCH_TEMPERATURE,
+                                                 review.MMBENCH_MATCH_MAX_TOKENS))
+    if not bench.judged:
         return None
     client = judge_client(args, "judge_", temperature=REVIEW_TEMPERATURE, max_tokens=REVIEW_MAX_TOKENS)
     return Reviewer(client, image_root=args.image_root, out_dir=args.out)

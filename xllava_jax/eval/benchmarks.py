@@ -48,6 +48,7 @@ class Benchmark:
     metric: str  # the headline metric in the score dict
     load: Callable[[str], list[dict]] | None = None  # records of the official release layout (default read_records)
     judged: bool = False  # scored by a judge: score(questions, predictions, reviewer) (eval/review.py)
+    judge_optional: bool = False  # score(questions, predictions, reviewer) also takes a judge (MMBench's matching)
     max_new_tokens: int | None = None  # answer length the official evaluation allows (None: EVAL_CONFIG's 128)
     default_lang: str = "en"  # language of records without a lang field (when --lang is not given)
     short_answer: bool = False  # its instruction is the free-form short-answer line (an override may replace it)
@@ -172,15 +173,22 @@ def mmbench_items(record: dict, override: str | None) -> list[Question]:
     text = mmbench_question(record, mmbench_prompt_options(record), instruction(OPTION_LETTER, line_lang(record), None))
     return [Question(record["index"], text, record.get("image") or None,
                      {"index": record["index"], "options": options, "answer": record["answer"], "lang": lang,
+                      "question": str(record["question"]), "prompt_options": mmbench_prompt_options(record),
                       **({"category": record["category"]} if record.get("category") else {})})]
 
 
-def score_mmbench(questions: Sequence[Question], preds: Sequence[str]) -> dict:
-    """CircularEval over index mod 10^6 with MMBench's rule-based matcher (unreadable answers: unresolved), and
-    the accuracy over rows."""
+def score_mmbench(questions: Sequence[Question], preds: Sequence[str], matcher: Any = None) -> dict:
+    """CircularEval over index mod 10^6 with MMBench's rule-based matcher, and the accuracy over rows. The
+    answers the rules cannot read are unresolved, or, with `matcher` (eval.review.OptionMatcher), matched by a
+    judge as MMBench asks ChatGPT (`judge_matched` of them)."""
     results = [{"index": q.metadata["index"], "answer": q.metadata["answer"],
                 "pred": mmbench_match(p, q.metadata["options"])} for q, p in zip(questions, preds)]
+    unread = [i for i, r in enumerate(results) if r["pred"] is None]
+    if matcher is not None and unread:
+        for i, letter in zip(unread, matcher.match([questions[i] for i in unread], [preds[i] for i in unread])):
+            results[i]["pred"] = letter
     return {**mmbench_circular(results), "rows": len(results),
+            "judge_matched": sum(results[i]["pred"] is not None for i in unread) if matcher is not None else 0,
             "row_accuracy": mean(r["pred"] == r["answer"] for r in results),
             "rows_unresolved": sum(r["pred"] is None for r in results)}
 
@@ -216,7 +224,8 @@ CORE_BENCHMARKS: dict[str, Benchmark] = {  # the rest: eval/official.py, eval/re
     "vqav2": Benchmark("vqav2", short_answer_items(["answers"]), score_vqav2, "accuracy", short_answer=True),
     "gqa": Benchmark("gqa", short_answer_items(["answer"]), score_gqa, "accuracy", short_answer=True),
     "pope": Benchmark("pope", short_answer_items(["label"]), score_pope, "f1", short_answer=True),
-    "mmbench": Benchmark("mmbench", mmbench_items, score_mmbench, "accuracy", max_new_tokens=1024),
+    "mmbench": Benchmark("mmbench", mmbench_items, score_mmbench, "accuracy", max_new_tokens=1024,
+                         judge_optional=True),
     "bvqa": Benchmark("bvqa", bvqa_items, score_bvqa, "accuracy"),
 }
 

@@ -197,6 +197,63 @@ class Reviewer:
         return [self.done[(str(q.question_id), p)] for q, p in zip(questions, preds)]
 
 
+# -- MMBench's ChatGPT step -------------------------------------------------------------------------------------
+MMBENCH_MATCH_MODEL = "gpt-3.5-turbo-0613"  # MMBench's evaluator
+MMBENCH_MATCH_TEMPERATURE = 0.0
+MMBENCH_MATCH_MAX_TOKENS = 256
+MMBENCH_MATCH_TRIES = 3
+MMBENCH_MATCH_PROMPT = (
+    "You are an AI assistant who will help me to match an answer with several options of a single-choice "
+    "question. You are provided with a question, several options, and an answer, and you need to find which "
+    "option is most similar to the answer. If the meaning of all options are significantly different from the "
+    "answer, output E. Your should output a single uppercase character in A, B, C, D (if they are valid options), "
+    "and E. \nExample 1: \nQuestion: What is the main object in image?\nOptions: A. teddy bear B. rabbit C. cat "
+    "D. dog\nAnswer: a cute teddy bear\nYour output: A\nExample 2: \nQuestion: What is the main object in image?"
+    "\nOptions: A. teddy bear B. rabbit C. cat D. dog\nAnswer: Spider\nYour output: E\nExample 3: \n"
+    "Question: {}?\nOptions: {}\nAnswer: {}\nYour output: ")
+
+
+def mmbench_match_prompt(question: str, options: Mapping[str, str], answer: str) -> str:
+    """MMBench's matching request: its three-example prompt with "There are several options:" lines."""
+    option_str = "There are several options: \n" + "".join(f"{k}. {v}\n" for k, v in options.items())
+    return MMBENCH_MATCH_PROMPT.format(question, option_str, answer)
+
+
+@dataclasses.dataclass
+class OptionMatcher:
+    """MMBench's ChatGPT step for the answers its rules cannot read: the matching prompt, the reply read by the
+    same rules, up to 3 tries; still unread -> None (MMBench then draws a random letter; we leave it unresolved)."""
+
+    client: ChatClient
+    tries: int = MMBENCH_MATCH_TRIES
+
+    def ask(self, item: tuple[Question, str]) -> str | None:
+        """The letter the judge matches one answer to, or None."""
+        from xllava_jax.eval.metrics import mmbench_match
+        q, pred = item
+        prompt = mmbench_match_prompt(q.metadata["question"], q.metadata["prompt_options"], pred)
+        for attempt in range(self.tries):
+            reply = self.client.complete([user_message(prompt)], tag=f"retry{attempt}" if attempt else "")
+            letter = mmbench_match(reply.text, q.metadata["options"])
+            if letter:
+                return letter
+        return None
+
+    def match(self, questions: Sequence[Question], preds: Sequence[str]) -> list[str | None]:
+        """Letters of (question, answer) pairs, in order (paid replies are in the client's reply store)."""
+        out, failed = [], []
+        for (q, _), letter, err in run_concurrently(self.ask, list(zip(questions, preds)),
+                                                    self.client.config.concurrency):
+            if isinstance(err, (ApiError, BudgetExceeded)):
+                failed.append(f"{q.question_id}: {err}")
+            elif err is not None:
+                raise err
+            out.append(letter)
+        if failed:
+            raise RuntimeError(f"{len(failed)} MMBench matching requests failed (e.g. {failed[0]}); rerun to finish")
+        return out
+
+
 def relative_score(pairs: Sequence[Sequence[float]]) -> dict[str, float]:
     """summarize_gpt_review.py: both means rounded to 3 decimals, ours / reference * 100 rounded to 1."""
     ref = round(sum(p[0] for p in pairs) / len(pairs), 3) if pairs else 0.0

@@ -30,13 +30,15 @@ EVAL_CONFIG = GenerationConfig(max_new_tokens=128)  # LLaVA's evaluation: greedy
 def score_answers(benchmark: Benchmark, questions: Sequence[Question], answers: dict[Any, str],
                   reviewer: Any = None) -> dict:
     """Scores of `answers` {question_id: text}: overall, and per language when there are several. A judged
-    benchmark needs `reviewer` (eval.review.Reviewer), which asks each review once."""
+    benchmark needs `reviewer` (eval.review.Reviewer), which asks each review once; MMBench takes an optional one
+    (eval.review.OptionMatcher) for the answers its rules cannot read."""
     missing = [q.question_id for q in questions if q.question_id not in answers]
     if missing:
         raise ValueError(f"{benchmark.name}: {len(missing)} questions have no answer, e.g. {missing[0]!r}")
     if benchmark.judged and reviewer is None:
         raise ValueError(f"{benchmark.name} is scored by a judge: give a reviewer (eval/review.py)")
-    score = (lambda qs, ps: benchmark.score(qs, ps, reviewer)) if benchmark.judged else benchmark.score
+    with_judge = benchmark.judged or (benchmark.judge_optional and reviewer is not None)
+    score = (lambda qs, ps: benchmark.score(qs, ps, reviewer)) if with_judge else benchmark.score
     preds = [answers[q.question_id] for q in questions]
     overall = score(questions, preds)
     scores: dict[str, Any] = {"benchmark": benchmark.name, "metric": benchmark.metric, "questions": len(questions),
