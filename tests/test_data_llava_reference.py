@@ -69,7 +69,9 @@ def ours(tok, template, source, has_image, max_len=2048):
     raw = {"id": "r", "conversations": copy.deepcopy(source), **({"image": "x.jpg"} if has_image else {})}
     record = normalize_llava_record(raw, "r")
     proc = SampleProcessor(tok, template, max_len=max_len, num_image_tokens=N_IMG, load_images=False)
-    return proc.process(record)
+    example = proc.process(record)
+    assert len(example["content"]) == len(example["input_ids"])  # the content mask follows the same chunks
+    return example
 
 
 def theirs(llava, tok, ref, template, source, has_image, max_len=2048):
@@ -167,3 +169,16 @@ def test_records_llava_discards_are_trained_with_special_text_kept_as_text(llava
     assert trained.count(tok.eos_id) == 1 and tok.bos_id not in trained
     if "ASSISTANT: " in answer or "</s>" in answer:
         assert all(x == IGNORE_INDEX for x in labels)
+
+
+def test_non_legacy_unk_after_eos_is_what_431_gives_and_is_logged(llava, spm_model_path, caplog):
+    """A vocabulary with `▁USER` as one piece: transformers 4.31's non-legacy rule turns `USER` after `</s>` into
+    `<unk>`; our ids are the same, and a warning names the setting to change."""
+    proto = spm_model_path.read_bytes()
+    tok, ref = Tokenizer(proto, legacy=False), SlowLlamaTokenizer(proto, legacy=False)
+    source, has_image = RECORDS["en_multi"]
+    ids, _ = theirs(llava, tok, ref, "vicuna_v1", source, has_image)
+    with caplog.at_level("WARNING"):
+        ex = ours(tok, "vicuna_v1", source, has_image)
+    assert ex["input_ids"].tolist() == ids and tok.sp.unk_id() in ids
+    assert "legacy" in caplog.text and "<unk>" in caplog.text

@@ -132,3 +132,15 @@ def test_paper_protocol_is_the_default():
     args = build_parser().parse_args(["judge", "--questions", "q", "--answers_a", "a", "--answers_b", "b",
                                       "--image_root", "i", "--out", "o"])
     assert args.protocol == "xllava" and args.word_limit is None
+
+
+def test_generation_word_limit_line_in_the_questions_language():
+    from xllava_jax.infer.__main__ import build_parser
+    from xllava_jax.infer.prompts import with_word_limit
+    assert with_word_limit("What is it?", None) == "What is it?"
+    assert with_word_limit("What is it?", 30) == "What is it?\nAnswer in 30 words or fewer."
+    assert with_word_limit("무엇입니까?", 30, "ko") == "무엇입니까?\n30단어 이내로 답하세요."
+    assert with_word_limit("Was ist das?", 30, "de").endswith("Answer in 30 words or fewer.")
+    args = build_parser().parse_args(["generate", "--checkpoint", "c", "--questions", "q", "--out", "o",
+                                      "--word_limit", "30"])
+    assert args.word_limit == 30

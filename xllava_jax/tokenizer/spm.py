@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from typing import Mapping, Sequence
@@ -21,6 +22,7 @@ class Tokenizer:
     def __init__(self, model_proto: bytes, added_tokens: Mapping[str, int] | None = None, legacy: bool = True):
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.legacy = legacy
+        self._warned_unk = False
         self.added = dict(added_tokens or {})
         for tok in (IMAGE_TOKEN, PAD_TOKEN):
             if tok not in self.added:
@@ -91,7 +93,15 @@ class Tokenizer:
         pieces = self.sp.encode(text, out_type=str) if text else []
         if pieces and not text.startswith(" ") and pieces[0].startswith(SPIECE_UNDERLINE):
             pieces = ([pieces[0][1:]] if len(pieces[0]) > 1 else []) + pieces[1:]
-        return [self.sp.piece_to_id(p) for p in pieces]
+        ids = [self.sp.piece_to_id(p) for p in pieces]
+        if ids and ids[0] == self.sp.unk_id() and pieces[0] != self.sp.id_to_piece(self.sp.unk_id()) \
+                and not self._warned_unk:
+            self._warned_unk = True
+            logging.getLogger(__name__).warning(
+                "non-legacy tokenizer: %r after <s>/</s> becomes <unk> (its piece %r without the leading \u2581 is "
+                "not in the vocabulary), as in transformers 4.31; set \"legacy\": true in tokenizer_config.json "
+                "to keep SentencePiece's own pieces", text[:40], pieces[0])
+        return ids
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """Ids of `text`, recognising `<s>`, `</s>` and added tokens like transformers' LlamaTokenizer."""
