@@ -90,3 +90,10 @@ def test_language_summary():
     s = language_summary({"en": 80.0, "ko": 60.0, "zh": 70.0})
     assert s["non_english_avg"] == pytest.approx(65.0) and s["avg"] == pytest.approx(70.0)
     assert s["per_language"]["ko"] == 60.0
+
+
+def test_language_table_says_which_instruction_language():
+    from xllava_jax.eval.metrics import language_table
+    s = {**language_summary({"en": 80.0, "ko": 60.0}), "instruction_lang": "en"}
+    assert "instruction line: en" in language_table(s, "accuracy")
+    assert "instruction line" not in language_table(language_summary({"en": 1.0, "ko": 0.5}), "accuracy")
