@@ -118,6 +118,9 @@ def test_sampling_is_seeded_per_request_and_stop_strings_cut(client):
     cut = client.chat.completions.create(model="tiny", messages=msg, max_tokens=12, stop=[stop])
     assert cut.choices[0].message.content == greedy[:greedy.find(stop)]
     assert cut.choices[0].finish_reason == "stop"
+    # vLLM's ignore_eos: exactly max_tokens, whatever the model says
+    fixed = client.chat.completions.create(model="tiny", messages=msg, max_tokens=40, extra_body={"ignore_eos": True})
+    assert fixed.usage.completion_tokens == 40 and fixed.choices[0].finish_reason == "length"
 
 
 def test_models_and_health(server):

@@ -111,7 +111,7 @@ async def make_job(service: Service, chat: ChatRequest) -> tuple[Job, asyncio.Qu
     budget = answer_budget(service, chat, len(ids))
     events: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
-    job = Job(ids, images, budget, RowSampling(chat.temperature, chat.top_p, chat.seed), chat.stop,
+    job = Job(ids, images, budget, RowSampling(chat.temperature, chat.top_p, chat.seed, chat.ignore_eos), chat.stop,
               emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
     try:
         service.loop.submit(job)

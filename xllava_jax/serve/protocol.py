@@ -51,6 +51,7 @@ class ChatRequest:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool  # stream_options.include_usage: a last chunk with the token counts
+    ignore_eos: bool  # vLLM's extension: answers of exactly max_tokens (load benchmarks)
 
 
 def field(body: dict, name: str, kind: type | tuple, default: Any = None) -> Any:
@@ -153,7 +154,7 @@ def parse_request(body: Any) -> ChatRequest:
     options = field(body, "stream_options", dict, {})
     return ChatRequest(model, tuple(turns), system, images[0] if images else None, max_tokens, temperature, top_p,
                        secrets.randbits(31) if seed is None else seed, tuple(stop), field(body, "stream", bool, False),
-                       bool(options.get("include_usage", False)))
+                       bool(options.get("include_usage", False)), field(body, "ignore_eos", bool, False))
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -184,7 +184,8 @@ class ModelLoop:
         """Add a job's new tokens: emit the text that became safe to show; finish it at EOS, its budget or a
         stop string (its slot is freed at once)."""
         job.ids += new
-        hit = next((j for j, t in enumerate(job.ids) if t in self.eos), None)
+        eos = () if job.sampling.ignore_eos else self.eos
+        hit = next((j for j, t in enumerate(job.ids) if t in eos), None)
         final = hit is not None or len(job.ids) >= job.max_tokens
         delta = job.stream.update(job.ids[:hit] if hit is not None else job.ids, final=final)
         if delta:
@@ -192,7 +193,7 @@ class ModelLoop:
         if not (final or job.stream.stopped):
             return
         self.release(slot)
-        generation = finish(np.asarray(job.ids), self.eos, job.stream)
+        generation = finish(np.asarray(job.ids), eos, job.stream)
         self.counters.completed += 1
         self.counters.tokens += len(generation.tokens)
         job.emit(Finished(generation.text, generation.finish_reason, len(generation.tokens)))
