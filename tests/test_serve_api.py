@@ -270,3 +270,23 @@ def test_a_client_that_disconnects_frees_its_slot(server):
     # the client is gone before its answer could finish: the slot is freed, the request counted as cancelled
     assert wait_for(lambda: httpx.get(url + "/health").json()["busy"] == 0)
     assert httpx.get(url + "/health").json()["cancelled"] == before + 1
+
+
+def test_a_device_error_fails_the_running_request_and_the_server_goes_on(server, client):
+    engine = server[1].loop.engine
+    real, calls = engine.step, []
+
+    def broken(steps):
+        if not calls:
+            calls.append(steps)
+            raise RuntimeError("simulated device error")
+        return real(steps)
+
+    engine.step = broken
+    try:
+        r = post(server, {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 20,
+                          "ignore_eos": True})
+    finally:
+        del engine.step
+    assert calls and r.status_code == 500 and "simulated device error" in r.json()["error"]["message"]
+    good_request_works(client)

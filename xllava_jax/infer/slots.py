@@ -195,10 +195,17 @@ class SlotEngine:
         self.engine, self.slots, self.max_len = engine, slots, max_len
         self.buckets = tuple(prompt_buckets) if prompt_buckets else None
         self.eos = jnp.asarray(tuple(eos_ids), jnp.int32)
-        self.state = empty_state(engine.model, slots, max_len)
-        self.lengths = np.zeros(slots, np.int64)
+        self.lengths = np.zeros(slots, np.int64)  # per slot: cache length on the device
         self.busy = np.zeros(slots, bool)
         self.ending = np.zeros(slots, bool)  # released rows the device may still run: ended by the next step
+        self.reset()
+
+    def reset(self) -> None:
+        """Every slot free, with a fresh cache (after an error left the device state unknown)."""
+        self.state = empty_state(self.engine.model, self.slots, self.max_len)
+        self.lengths[:] = 0
+        self.busy[:] = False
+        self.ending[:] = False
 
     def padded_length(self, prompt_tokens: int) -> int:
         """Cache slots a prompt of `prompt_tokens` takes (its length bucket)."""

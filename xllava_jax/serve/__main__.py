@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Sequence
 
-from xllava_jax.cli import guarded, new_parser, pop_verbose
+from xllava_jax.cli import UserError, guarded, new_parser, pop_verbose
 from xllava_jax.data.templates import get_template
 from xllava_jax.infer.__main__ import build_engine
 from xllava_jax.infer.generate import Engine, GenerationConfig
@@ -60,7 +60,7 @@ def build_service(args: argparse.Namespace) -> Service:
     """The model loop and request settings of the parsed flags."""
     for flag in ("max_batch", "max_len", "decode_steps", "max_tokens", "queue_size", "max_image_bytes"):
         if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag}={getattr(args, flag)} must be >= 1")
+            raise UserError(f"--{flag}={getattr(args, flag)} must be >= 1")
     if args.image_root is not None and not os.path.isdir(args.image_root):
         raise FileNotFoundError(f"--image_root {args.image_root} is not a directory")
     engine, template = load_engine(args.checkpoint, args.tokenizer, args.template, args.dtype)

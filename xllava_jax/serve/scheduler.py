@@ -102,6 +102,10 @@ class ModelLoop:
     def submit(self, job: Job) -> None:
         """Queue a job (QueueFull when the queue is full)."""
         with self.wake:
+            if len(self.waiting) >= self.queue_size:  # make room from jobs whose clients left
+                kept = [j for j in self.waiting if not j.cancelled]
+                self.counters.cancelled += len(self.waiting) - len(kept)
+                self.waiting = collections.deque(kept)
             if len(self.waiting) >= self.queue_size:
                 self.counters.rejected += 1
                 raise QueueFull(f"{len(self.waiting)} requests are waiting (--queue_size {self.queue_size})")
@@ -129,10 +133,18 @@ class ModelLoop:
                     self.wake.wait()
                 if self.stopping:
                     break
-            self.drop_cancelled()
-            self.admit()
-            if self.running:
-                self.decode()
+            try:
+                self.drop_cancelled()
+                self.admit()
+                if self.running:
+                    self.decode()
+            except Exception as e:  # noqa: BLE001 - a device error ends the running jobs, not the server
+                log.exception("decode failed; ending the running requests")
+                for slot, job in list(self.running.items()):
+                    self.release(slot)
+                    self.counters.failed += 1
+                    job.emit(Failed(f"{type(e).__name__}: {e}"))
+                self.engine.reset()
         for job in [*self.running.values(), *self.waiting]:
             job.emit(Failed("the server is shutting down"))
 
