@@ -118,9 +118,6 @@ def test_sampling_is_seeded_per_request_and_stop_strings_cut(client):
     cut = client.chat.completions.create(model="tiny", messages=msg, max_tokens=12, stop=[stop])
     assert cut.choices[0].message.content == greedy[:greedy.find(stop)]
     assert cut.choices[0].finish_reason == "stop"
-    # vLLM's ignore_eos: exactly max_tokens, whatever the model says
-    fixed = client.chat.completions.create(model="tiny", messages=msg, max_tokens=40, extra_body={"ignore_eos": True})
-    assert fixed.usage.completion_tokens == 40 and fixed.choices[0].finish_reason == "length"
 
 
 def test_models_and_health(server):
@@ -179,6 +176,10 @@ def bad_requests(question_set, tmp_path):
         ("ends with assistant", {"body": {"model": "tiny", "messages": [{"role": "user", "content": "x"},
                                                                        {"role": "assistant", "content": "y"}]}},
          400, None, "end with a user message"),
+        ("<image> in the text", {"body": {"model": "tiny", "messages": [
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"},
+            {"role": "user", "content": "a <image> b"}]}},
+         400, "image_token_mismatch", "image_url parts"),
         ("unknown path", {}, 404, "not_found", "/v1/nothing"),
     ]
 
@@ -290,3 +291,21 @@ def test_a_device_error_fails_the_running_request_and_the_server_goes_on(server,
         del engine.step
     assert calls and r.status_code == 500 and "simulated device error" in r.json()["error"]["message"]
     good_request_works(client)
+
+
+def test_ignore_eos_generates_max_tokens_whatever_the_model_says(server, client):
+    import jax.numpy as jnp
+
+    loop = server[1].loop
+    saved = loop.eos, loop.engine.eos
+    vocab = loop.engine.engine.model.cfg.text.vocab_size
+    loop.eos, loop.engine.eos = tuple(range(vocab)), jnp.arange(vocab, dtype=jnp.int32)  # every token ends a row
+    msg = [{"role": "user", "content": "Tell me a story about the sea and the wind."}]
+    try:
+        natural = client.chat.completions.create(model="tiny", messages=msg, max_tokens=40)
+        fixed = client.chat.completions.create(model="tiny", messages=msg, max_tokens=40,
+                                               extra_body={"ignore_eos": True})
+    finally:
+        loop.eos, loop.engine.eos = saved
+    assert natural.usage.completion_tokens == 0 and natural.choices[0].finish_reason == "stop"
+    assert fixed.usage.completion_tokens == 40 and fixed.choices[0].finish_reason == "length"

@@ -143,7 +143,9 @@ def generate_chunk(model: Llava | Llama, params: Any, state: SlotState, stop: ja
         key_mask = key_mask.at[jnp.arange(slots), s.length].set(1, mode="drop")
         logits, cache = rows(s.last, key_mask, s.position, cache, s.length)
         keys = jax.vmap(row_key)(s.key, s.count)
-        nxt = jax.vmap(sample_row)(logits, keys, s.temperature, s.top_p)
+        nxt = jax.lax.cond(jnp.any(busy & (s.temperature > 0)),  # the nucleus sort only when a row samples
+                           lambda: jax.vmap(sample_row)(logits, keys, s.temperature, s.top_p),
+                           lambda: jnp.argmax(logits.astype(jnp.float32), axis=-1).astype(jnp.int32))
         out = out.at[:, i].set(jnp.where(busy, nxt, NO_TOKEN))
         inc = busy.astype(jnp.int32)
         remaining = s.remaining - inc
@@ -215,13 +217,18 @@ class SlotEngine:
         """Tokens a prompt of this length may generate before its slot is full (< 1: it does not fit)."""
         return self.max_len - self.padded_length(prompt_tokens)
 
+    def check_prompt(self, prompt: Sequence[int], images: Images = ()) -> None:
+        """Raise ValueError when the prompt's image tokens do not match its images."""
+        llava = isinstance(self.engine.model.cfg, LlavaConfig)
+        self.engine.check_prompts([prompt], [list(images)] if llava else None)
+
     def prefill(self, prompt: Sequence[int], images: Images = ()) -> Prefilled:
         """Run one prompt through the model (left-padded to its bucket, as Engine.generate pads a batch of one)."""
         cfg = self.engine.model.cfg
         llava = isinstance(cfg, LlavaConfig)
         pad_id = (cfg.pad_token_id if llava else None) or 0
         shape = (cfg.vision.image_size, cfg.vision.image_size, cfg.vision.num_channels) if llava else None
-        self.engine.check_prompts([prompt], [list(images)] if llava else None)
+        self.check_prompt(prompt, images)
         batch = collate([prompt], [list(images)] if llava else None, 1, pad_id, self.buckets, shape)
         ids, mask, positions, pixels = self.engine.device_batch(batch)
         cache, logits = prefill_one(self.engine.model, self.engine.params, ids, mask, positions, pixels)

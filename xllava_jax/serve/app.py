@@ -108,6 +108,11 @@ async def make_job(service: Service, chat: ChatRequest) -> tuple[Job, asyncio.Qu
                        param="model", code="model_not_found")
     images = [await decode_image(service, chat.image_url)] if chat.image_url else []
     ids = prompt_ids(service, chat)
+    try:
+        service.engine.check_prompt(ids, images)
+    except ValueError as e:
+        raise ApiError(400, f"{e}; send images as image_url parts, not as '<image>' in the text", param="messages",
+                       code="image_token_mismatch") from e
     budget = answer_budget(service, chat, len(ids))
     events: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
