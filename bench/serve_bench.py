@@ -138,15 +138,17 @@ class Side:
         self.ttft, self.per_token, self.tokens, self.failed, self.runs = [], [], [], [], []
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (nearest rank)."""
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (nearest rank); None without values (e.g. no answer longer than one token)."""
+    if not values:
+        return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered) + 0.5)) - 1))]
 
 
 def report(side: Side, n_requests: int) -> dict:
     """The side's summary: rates over runs, latency percentiles over requests, failures."""
-    ms = lambda v: round(1000 * v, 2)  # noqa: E731
+    ms = lambda v: None if v is None else round(1000 * v, 2)  # noqa: E731
     return {
         "requests_per_s": harness.summary([r["answered"] / r["seconds"] for r in side.runs], 2),
         "tokens_per_s": harness.summary([r["tokens"] / r["seconds"] for r in side.runs], 1),

@@ -189,16 +189,15 @@ class ModelLoop:
         out = self.engine.step(self.steps)
         for slot, job in list(self.running.items()):
             new = [int(t) for t in out[slot] if t != NO_TOKEN]
-            if new:
-                self.feed(slot, job, new)
+            self.feed(slot, job, new, ended=not new)  # no token in a whole chunk: the device ended the row
 
-    def feed(self, slot: int, job: Job, new: list[int]) -> None:
-        """Add a job's new tokens: emit the text that became safe to show; finish it at EOS, its budget or a
-        stop string (its slot is freed at once)."""
+    def feed(self, slot: int, job: Job, new: list[int], ended: bool = False) -> None:
+        """Add a job's new tokens: emit the text that became safe to show; finish it at EOS, its budget, a
+        stop string, or when the device `ended` it (its slot is freed at once)."""
         job.ids += new
         eos = () if job.sampling.ignore_eos else self.eos
         hit = next((j for j, t in enumerate(job.ids) if t in eos), None)
-        final = hit is not None or len(job.ids) >= job.max_tokens
+        final = ended or hit is not None or len(job.ids) >= job.max_tokens
         delta = job.stream.update(job.ids[:hit] if hit is not None else job.ids, final=final)
         if delta:
             job.emit(Delta(delta))
