@@ -309,3 +309,13 @@ def test_ignore_eos_generates_max_tokens_whatever_the_model_says(server, client)
         loop.eos, loop.engine.eos = saved
     assert natural.usage.completion_tokens == 0 and natural.choices[0].finish_reason == "stop"
     assert fixed.usage.completion_tokens == 40 and fixed.choices[0].finish_reason == "length"
+
+
+def test_bad_flags_are_one_error_line(tiny_llava_hf_dir, tmp_path, capsys):
+    from xllava_jax.serve.__main__ import main
+    for argv, words in [(["--checkpoint", str(tmp_path / "nope")], "does not exist"),
+                        (["--checkpoint", str(tiny_llava_hf_dir), "--max_batch", "0"], "--max_batch=0"),
+                        (["--checkpoint", str(tiny_llava_hf_dir), "--image_root", str(tmp_path / "no")], "--image_root")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error:") and words in err, err
