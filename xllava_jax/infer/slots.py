@@ -160,8 +160,9 @@ def generate_chunk(model: Llava | Llama, params: Any, state: SlotState, stop: ja
 
     cache = KVCache(*(x[:, :, :view] for x in state.cache))
     out = jnp.full((slots, steps), NO_TOKEN, jnp.int32)
+    rest = state._replace(cache=None, key_mask=None)  # the loop carries only the view of the cache
     s, cache, key_mask, out, _ = jax.lax.while_loop(running, step,
-                                                    (state, cache, state.key_mask[:, :view], out, jnp.int32(0)))
+                                                    (rest, cache, state.key_mask[:, :view], out, jnp.int32(0)))
     full = KVCache(*(jax.lax.dynamic_update_slice_in_dim(x, y, 0, axis=2) for x, y in zip(state.cache, cache)))
     return s._replace(cache=full, key_mask=jax.lax.dynamic_update_slice_in_dim(state.key_mask, key_mask, 0, axis=1)), out
 
