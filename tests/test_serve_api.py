@@ -162,6 +162,7 @@ def bad_requests(question_set, tmp_path):
         ("bad base64", {"body": msg("data:image/png;base64,@@not-base64@@")}, 400, "invalid_base64", "base64"),
         ("not an image", {"body": msg("data:image/png;base64,aGVsbG8gd29ybGQ=")}, 400, "invalid_image", "image"),
         ("too large", {"body": msg(big)}, 413, "image_too_large", "100000"),
+        ("body too large", {"content": b"{" + b" " * 1_300_000 + b"}"}, 413, "body_too_large", "bytes"),
         ("dot-dot escape", {"body": msg("../../../../etc/passwd")}, 400, "image_path_outside_root", "outside"),
         ("absolute escape", {"body": msg(str(tmp_path / "secret.png"))}, 400, "image_path_outside_root", "outside"),
         ("symlink escape", {"body": msg("img/escape.png")}, 400, "image_path_outside_root", "outside"),

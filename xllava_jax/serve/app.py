@@ -59,9 +59,19 @@ def error_response(e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
-async def read_body(request: Request) -> Any:
-    """The decoded JSON body (400 when it is not JSON)."""
-    raw = await request.body()
+def body_limit(service: Service) -> int:
+    """The largest request body accepted: one image at the limit, base64-encoded, and 1 MiB of text."""
+    return service.images.max_bytes * 4 // 3 + (1 << 20)
+
+
+async def read_body(request: Request, limit: int) -> Any:
+    """The decoded JSON body (413 past `limit` bytes, 400 when it is not JSON)."""
+    raw = bytearray()
+    async for block in request.stream():
+        raw += block
+        if len(raw) > limit:
+            raise ApiError(413, f"the request body is over {limit} bytes (--max_image_bytes sets the limit)",
+                           code="body_too_large")
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -148,7 +158,7 @@ async def chat_completions(request: Request) -> Response:
     service: Service = request.app.state.service
     started = time.monotonic()
     try:
-        chat = protocol.parse_request(await read_body(request))
+        chat = protocol.parse_request(await read_body(request, body_limit(service)))
         job, events, prompt_tokens = await make_job(service, chat)
     except ApiError as e:
         log.info("refused (%d): %s", e.status, e.message)
@@ -156,7 +166,7 @@ async def chat_completions(request: Request) -> Response:
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     deadline = started + service.request_timeout_s
     if chat.stream:
-        return StreamingResponse(stream_events(service, job, events, request, deadline, request_id, chat,
+        return StreamingResponse(stream_events(service, job, events, request, started, request_id, chat,
                                                prompt_tokens), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
@@ -167,6 +177,7 @@ async def chat_completions(request: Request) -> Response:
             if isinstance(event, Failed):
                 return error_response(ApiError(500, event.message, code="generation_failed"))
             if isinstance(event, Finished):
+                log_finished(request_id, prompt_tokens, event, started)
                 return JSONResponse(protocol.completion(request_id, service.model_name, event.text,
                                                         protocol.openai_finish_reason(event.finish_reason),
                                                         prompt_tokens, event.completion_tokens))
@@ -176,15 +187,21 @@ async def chat_completions(request: Request) -> Response:
         service.loop.cancel(job)  # a no-op for a finished job
 
 
+def log_finished(request_id: str, prompt_tokens: int, event: Finished, started: float) -> None:
+    """One log line per answered request."""
+    log.info("%s: %d prompt + %d answer tokens (%s) in %.3f s", request_id, prompt_tokens, event.completion_tokens,
+             event.finish_reason, time.monotonic() - started)
+
+
 def sse(obj: Any) -> str:
     """One server-sent event."""
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def stream_events(service: Service, job: Job, events: asyncio.Queue, request: Request, deadline: float,
+async def stream_events(service: Service, job: Job, events: asyncio.Queue, request: Request, started: float,
                         request_id: str, chat: ChatRequest, prompt_tokens: int) -> AsyncIterator[str]:
     """The SSE body: a role chunk, content deltas, the finish chunk (and usage), then `[DONE]`."""
-    name = service.model_name
+    name, deadline = service.model_name, started + service.request_timeout_s
     try:
         yield sse(protocol.chunk(request_id, name, {"role": "assistant", "content": ""}))
         while True:
@@ -201,6 +218,7 @@ async def stream_events(service: Service, job: Job, events: asyncio.Queue, reque
                 yield sse(ApiError(500, event.message, code="generation_failed").body())
                 break
             else:
+                log_finished(request_id, prompt_tokens, event, started)
                 yield sse(protocol.chunk(request_id, name, {}, protocol.openai_finish_reason(event.finish_reason)))
                 if chat.include_usage:
                     yield sse(protocol.chunk(request_id, name, {}, usage_counts=protocol.usage(
