@@ -156,6 +156,13 @@ def test_chat_page_streams_answers_about_an_uploaded_image(server, question_set,
         assert text2 == want2 and chunks2 >= 1
         assert page.eval("document.querySelectorAll('.msg.user img').length") == 1
         shot = base64.b64decode(page.send("Page.captureScreenshot", {"format": "png"})["data"])
+        # a pasted image starts a new conversation about it
+        png = json.dumps(base64.b64encode(image.read_bytes()).decode())
+        page.eval(f"""(() => {{ const bytes = Uint8Array.from(atob({png}), c => c.charCodeAt(0));
+            const dt = new DataTransfer(); dt.items.add(new File([bytes], 'p.png', {{type: 'image/png'}}));
+            document.dispatchEvent(new ClipboardEvent('paste', {{clipboardData: dt}})); }})()""")
+        page.wait("(document.getElementById('preview').getAttribute('src') || '').startsWith('data:image/png')")
+        assert page.eval("document.querySelectorAll('.msg').length") == 0
         (tmp_path / "chat_page.png").write_bytes(shot)
         if os.environ.get("SERVE_PAGE_SCREENSHOT"):  # a copy to look at
             shutil.copy(tmp_path / "chat_page.png", os.environ["SERVE_PAGE_SCREENSHOT"])
