@@ -29,12 +29,17 @@ setup(
         "sacrebleu>=2.6.0",
         "matplotlib>=3.11.2",
         "tensorboardX>=2.6.5",
+        "starlette>=1.10.0",  # python -m xllava_jax.serve: the HTTP app
+        "uvicorn>=0.55.0",  # ... and its ASGI server
+        "httpx>=0.29.0",  # ... fetching http(s) image URLs
     ],
+    package_data={"xllava_jax.serve": ["page.html"]},
     extras_require={
         "cuda": ["jax[cuda12]>=0.10.2"],
         # libtpu: TPU runtime, and the compiler python -m xllava_jax.aot uses on CPU-only machines (~210 MB wheel)
         "tpu": ["jax[tpu]>=0.10.2"],
         # jax[tpu] so CI compiles the splash-attention step for a TPU topology (tests/test_aot.py)
-        "test": ["pytest>=9.2", "torch==2.13.0", "jax[tpu]>=0.10.2"],
+        # openai: the serving tests talk to the server with the official client
+        "test": ["pytest>=9.2", "torch==2.13.0", "jax[tpu]>=0.10.2", "openai>=3.63.0"],
     },
 )
