@@ -234,3 +234,13 @@ def test_corpus_characters_above_the_floor_are_kept_beyond_the_limit(tmp_path):
     assert report["byte_fallback_rise"] == [] and "WARNING" not in format_report(report)
     report["languages"]["zh"]["after"]["byte_fallback_share"] = 1.0  # as if the expansion lost characters
     assert byte_fallback_rise(report) == ["zh"] and "WARNING zh: byte-fallback share rose" in format_report(report)
+
+
+def test_expand_writes_the_base_legacy_flag(expanded, corpora, tmp_path):
+    """A bare tokenizer.model base gives a legacy tokenizer (SentencePiece's own ids after </s>); an HF directory
+    base passes its own flag on."""
+    assert json.loads((expanded["wordpiece"] / "tokenizer_config.json").read_text())["legacy"] is True
+    assert load_tokenizer(expanded["wordpiece"]).legacy
+    base = write_hf_tokenizer(expanded["wordpiece"] / "tokenizer.model", tmp_path / "base", legacy=False)
+    tokenizer_main(["expand", "--base", str(base), "--add-vocab", str(corpora["vocab"]), "--out", str(tmp_path / "o")])
+    assert json.loads((tmp_path / "o" / "tokenizer_config.json").read_text())["legacy"] is False

@@ -80,7 +80,7 @@ def parser() -> argparse.ArgumentParser:
          help="BPE: append only the listed pieces, without the characters/prefixes that make them reachable")
     legacy = e.add_mutually_exclusive_group()
     legacy.add_argument("--legacy", dest="legacy", action="store_true", default=None,
-                        help="transformers' legacy LLaMA tokenization (default: the base directory's, else off)")
+                        help="transformers' legacy LLaMA tokenization (default: the base directory's flag; on for a bare tokenizer.model)")
     legacy.add_argument("--no-legacy", "--no_legacy", dest="legacy", action="store_false",
                         help="transformers' non-legacy LLaMA tokenization (no dummy prefix after special tokens)")
     flag(e, "out", required=True, help="output directory (tokenizer.model, HF tokenizer files, expansion.json)")

@@ -323,9 +323,12 @@ def default_train_vocab_size(new_pieces: int) -> int:
 
 
 def base_legacy(base: str | os.PathLike) -> bool:
-    """transformers' `legacy` flag of an HF tokenizer directory (False for a bare tokenizer.model, as llava-hf)."""
+    """transformers' `legacy` flag of an HF tokenizer directory (absent there: off, as transformers reads it); True
+    for a bare tokenizer.model, whose own ids (SentencePiece's) are legacy ones."""
     config = Path(base) / "tokenizer_config.json"
-    return bool(json.loads(config.read_text()).get("legacy") or False) if config.is_file() else False
+    if not config.is_file():
+        return True
+    return bool(json.loads(config.read_text()).get("legacy") or False)
 
 
 def expand_tokenizer(base: str | os.PathLike, out: str | os.PathLike, *, add_vocab: str | os.PathLike | None = None,
