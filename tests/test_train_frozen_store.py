@@ -6,7 +6,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from xllava_jax.checkpoint import FROZEN_GROUPS, load_params, load_train_state, save_params
+from xllava_jax.checkpoint import load_params, read_record, save_params
 from xllava_jax.models.params import init_params
 from xllava_jax.sharding import make_mesh
 from xllava_jax.tokenizer.spm import load_tokenizer
@@ -63,7 +63,7 @@ def test_frozen_store_written_once_at_load_precision(stage1, tmp_path):
     for step in (2, 4):
         step_dir = workdir / "checkpoints" / str(step)
         assert saved_groups(step_dir) == {"vision_tower", "projector"}  # no copy of the frozen LLM
-        assert load_train_state(step_dir)[FROZEN_GROUPS] == ["language_model"]
+        assert read_record(step_dir).frozen_groups == ("language_model",)
 
     cfg, params = load_params(workdir)
     assert sorted(params) == ["language_model", "projector", "vision_tower"]
@@ -125,7 +125,7 @@ def test_workdir_from_before_the_store_resumes_and_gains_one(stage1, tmp_path):
     shutil.copytree(tmp_path / "full" / "params", step / "params")
     meta = step / "train_state" / "metadata"
     state = json.loads(meta.read_text())
-    del state[FROZEN_GROUPS]
+    del state["frozen_groups"]
     meta.write_text(json.dumps(state))
     shutil.rmtree(workdir / "frozen")
     assert saved_groups(step) == {"vision_tower", "projector", "language_model"}

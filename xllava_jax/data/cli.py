@@ -88,14 +88,13 @@ def model_settings(checkpoint: str) -> dict:
         cfg = ckpt.load_config(step)
         if isinstance(cfg, LlavaConfig):
             out["image_tokens"] = cfg.num_image_tokens
-        state = step / ckpt.TRAIN_STATE / "metadata"  # the training step's JSON item
-        if state.is_file() and json.loads(state.read_text()).get("template"):
-            out["template"] = json.loads(state.read_text())["template"]
+        template = ckpt.read_record(step).template
+        if template:
+            out["template"] = template
         directory = step
-    for d in (directory, path):
-        if (d / "tokenizer.model").is_file():
-            out["tokenizer"] = str(d)
-            break
+    carried = ckpt.carried_tokenizer(path)
+    if carried is not None:
+        out["tokenizer"] = str(carried)
     jinja = (directory / "chat_template.jinja")
     text = jinja.read_text() if jinja.is_file() else None
     if text is None and (directory / "tokenizer_config.json").is_file():

@@ -20,8 +20,8 @@ import numpy as np
 from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.tokenizer.spm import load_tokenizer
 from xllava_jax.train import inputs, trainable
-from xllava_jax.checkpoint import (FROZEN, FROZEN_GROUPS, TrainCheckpoints, all_process_states, load_config,
-                                   save_frozen, this_process_state)
+from xllava_jax.checkpoint import (FROZEN, TrainCheckpoints, TrainRecord, all_process_states, load_config,
+                                   save_frozen, this_process_state, tokenizer_files)
 from xllava_jax.train.harness import Harness, stage_harness
 from xllava_jax.train.initialize import initial_model, with_exec
 from xllava_jax.train.loss import modality_gap
@@ -92,10 +92,10 @@ def _resume(ckpts: TrainCheckpoints, step: int, h: Harness) -> tuple[TrainState,
     abstract = h.abstract_state()
     restored = ckpts.restore(step, _trained(h, abstract), abstract.opt_state, abstract.frozen)
     t, _ = trainable.split(restored["params"], h.groups, h.is_llava)
-    ts = restored["train_state"]
+    record = restored["train_state"]
     scalar = lambda v: jax.device_put(jnp.int32(v), h.shardings.step)  # noqa: E731
-    state = TrainState(scalar(ts["step"]), t, restored["frozen"], restored["opt_state"], scalar(ts["nonfinite_streak"]),
-                       scalar(ts["nonfinite_total"]))
+    state = TrainState(scalar(record.step), t, restored["frozen"], restored["opt_state"],
+                       scalar(record.nonfinite_streak), scalar(record.nonfinite_total))
     return state, this_process_state(restored["data_state"])
 
 
@@ -214,12 +214,12 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
                 if streak >= config.train.max_nonfinite:
                     raise _nonfinite(streak, done, config, saved)
                 if save:
-                    ckpts.save(done, _trained(h, state), state.opt_state,
-                               all_process_states(it.get_state()), {"step": done, "nonfinite_streak": streak,
-                                                FROZEN_GROUPS: sorted(state.frozen),
-                                                "nonfinite_total": int(state.nonfinite_total), "stage": config.stage,
-                                                "total_steps": total, "template": config.data.template,
-                                                "instruction": config.data.get("instruction")}, cfg)
+                    record = TrainRecord(step=done, total_steps=total, stage=config.stage,
+                                         template=config.data.template, instruction=config.data.get("instruction"),
+                                         frozen_groups=tuple(sorted(state.frozen)), nonfinite_streak=streak,
+                                         nonfinite_total=int(state.nonfinite_total))
+                    ckpts.save(_trained(h, state), state.opt_state, all_process_states(it.get_state()), record, cfg,
+                               tokenizer_files(config.tokenizer))
                     saved = done
                 if stop:
                     break
