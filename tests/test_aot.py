@@ -21,7 +21,7 @@ TINY = ["--config.init.source=random", "--config.model.text.vocab_size=512", "--
         "--config.model.vision.image_size=56", "--config.model.vision.patch_size=14", "--config.data.max_len=256",
         "--config.train.batch_size=8"]
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                                  reason="libtpu missing: pip install -e '.[test]' (it brings jax[tpu])")
+                                  reason="libtpu missing: pip install -e '.[tpu]' (jax[tpu]) to compile for TPU")
 
 
 @pytest.mark.parametrize("name,grid,devices,accel", [

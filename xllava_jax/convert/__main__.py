@@ -91,7 +91,8 @@ def parser() -> argparse.ArgumentParser:
     source = a.add_mutually_exclusive_group(required=True)
     source.add_argument("--hf_dir", help="a LlavaForConditionalGeneration or LlamaForCausalLM directory")
     source.add_argument("--llama_dir", help="an HF LLaMA/Vicuna directory (with --clip_dir): a fresh LLaVA")
-    a.add_argument("--clip_dir", help="an HF CLIPVisionModel or CLIPModel directory")
+    a.add_argument("--clip_dir", help="an HF CLIPVisionModel or CLIPModel directory (needed with --llama_dir; "
+                                      "default: none)")
     a.add_argument("--projector_type", default="mlp2x_gelu", help="projector of a fresh LLaVA")
     a.add_argument("--new_rows_init", default="mean", help="init of the <image>/<pad> rows: mean | mean_cov | normal")
     a.add_argument("--seed", type=int, default=0, help="seed of the fresh projector")
@@ -120,7 +121,8 @@ def parser() -> argparse.ArgumentParser:
     size.add_argument("--tokenizer", help="HF tokenizer directory: its size (pieces + added tokens) and, for LLaVA, its "
                                  "<image>/<pad> ids; copied into an HF output")
     g.add_argument("--method", default="mean", choices=INIT_METHODS, help="initialisation of the new rows")
-    g.add_argument("--pad_to_multiple", type=int, help="round the vocabulary up to a multiple (e.g. 64)")
+    g.add_argument("--pad_to_multiple", type=int, help="round the vocabulary up to a multiple (e.g. 64; default: "
+                                                        "no rounding)")
     g.add_argument("--seed", type=int, default=0, help="seed of mean_cov / normal")
     g.add_argument("--out", required=True, help="output checkpoint or HF directory")
     g.set_defaults(fn=run_grow)
