@@ -215,7 +215,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: 
                     raise _nonfinite(streak, done, config, saved)
                 if save:
                     record = TrainRecord(step=done, total_steps=total, stage=config.stage,
-                                         template=config.data.template, instruction=config.data.get("instruction"),
+                                         template=config.data.template, instruction=config.data.instruction,
                                          frozen_groups=tuple(sorted(state.frozen)), nonfinite_streak=streak,
                                          nonfinite_total=int(state.nonfinite_total))
                     ckpts.save(_trained(h, state), state.opt_state, all_process_states(it.get_state()), record, cfg,
