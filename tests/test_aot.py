@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from xllava_jax.aot import BadConfig, parse_topology, summarize
+from xllava_jax.aot.chips import BadConfig, parse_topology
+from xllava_jax.aot.cost import summarize
 
 ROOT = Path(__file__).parent.parent
 TINY = ["--config.init.source=random", "--config.model.text.vocab_size=512", "--config.model.text.hidden_size=256",
