@@ -5,7 +5,8 @@ or after it (the last good one stays the latest)."""
 import pytest
 
 from train_helpers import demo_stage_config
-from xllava_jax.train.loop import NonFiniteError, run_stage
+from xllava_jax.train.hooks import NonFiniteError
+from xllava_jax.train.loop import run_stage
 
 
 def test_nonfinite_streak_stops_the_run_at_its_step(tmp_path, demo_data_root):

@@ -57,7 +57,8 @@ def main(argv: list[str]) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     from xllava_jax import demo
     from xllava_jax.train.defaults import recipe_of
-    from xllava_jax.train.loop import NonFiniteError, run
+    from xllava_jax.train.hooks import NonFiniteError
+    from xllava_jax.train.loop import run
     from xllava_jax.train.validate import ConfigError
     config = _CONFIG.value
     try:
