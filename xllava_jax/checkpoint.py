@@ -16,13 +16,13 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 from xllava_jax.models.params import ModelConfig, abstract_params, config_from_dict, config_to_dict
@@ -173,8 +173,8 @@ def read_record(path: str | os.PathLike) -> TrainRecord:
 
 def tokenizer_files(tokenizer: str | os.PathLike) -> dict[str, str]:
     """{name in the checkpoint: source file} of a tokenizer (a SentencePiece model file, which a checkpoint
-    carries as tokenizer.model, or an HF tokenizer directory) that a checkpoint carries."""
-    path = Path(tokenizer)
+    carries as tokenizer.model, or an HF tokenizer directory; local or cloud paths) that a checkpoint carries."""
+    path = epath.Path(tokenizer)
     if not path.is_dir():
         return {TOKENIZER_FILES[0]: str(path)}
     return {name: str(path / name) for name in TOKENIZER_FILES if (path / name).is_file()}
@@ -214,7 +214,7 @@ class FilesHandler(ocp.CheckpointHandler):
         if jax.process_index() == 0:
             directory.mkdir(parents=True, exist_ok=True)
             for name, source in args.files.items():
-                shutil.copyfile(source, directory / name)
+                (directory / name).write_bytes(epath.Path(source).read_bytes())
 
     def restore(self, directory, args: FilesRestore | None = None) -> tuple[Path, ...]:
         """The item's files."""
