@@ -50,6 +50,7 @@ def aot(tmp_path, env, *extra, topology="v5e:2x2", exact_cost=False):
     return r, (json.loads(out.read_text()) if out.exists() else None)
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_tiny_splash_step_compiles_for_v5e_2x2(tmp_path, train_subprocess_env):
     env = {k: v for k, v in train_subprocess_env.items() if k != "JAX_PLATFORMS"}
@@ -65,6 +66,7 @@ def test_tiny_splash_step_compiles_for_v5e_2x2(tmp_path, train_subprocess_env):
                       "est_mfu", "compile_s"}
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_flop_count_on_a_multi_host_slice_equals_the_analytic_count(tmp_path, train_subprocess_env):
     """v5p-64 (8 hosts): the TPU compiler's count of the sharded step itself is 0.37x the hand count here, which
@@ -97,6 +99,7 @@ def test_bad_config_exits_2(tmp_path, train_subprocess_env):
     assert r.returncode == 2 and "unknown TPU topology 'v7x-8'" in r.stderr, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_generate_programs_compile(tmp_path, train_subprocess_env):
     env = {k: v for k, v in train_subprocess_env.items() if k != "JAX_PLATFORMS"}

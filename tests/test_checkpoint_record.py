@@ -23,6 +23,7 @@ def plain_stage1(tmp_path_factory, demo_data_root):
     return workdir
 
 
+@pytest.mark.slow
 def test_checkpoint_carries_its_tokenizer(plain_stage1, demo_data_root):
     from xllava_jax.data.cli import model_settings
     from xllava_jax.infer.loading import load_tokenizer_for
@@ -43,6 +44,7 @@ def test_checkpoint_carries_its_tokenizer(plain_stage1, demo_data_root):
     assert settings["template"] == "plain" and settings["tokenizer"] == str(step / "tokenizer")
 
 
+@pytest.mark.slow
 def test_export_defaults_to_the_trained_template_and_tokenizer(plain_stage1, tmp_path):
     from xllava_jax.convert.__main__ import main
     from xllava_jax.data.chat_template import chat_template
@@ -53,6 +55,7 @@ def test_export_defaults_to_the_trained_template_and_tokenizer(plain_stage1, tmp
     assert (out / "tokenizer.model").is_file()
 
 
+@pytest.mark.slow
 def test_checkpoint_written_before_the_record_still_loads(tmp_path):
     """A step whose train_state is the untyped dict of earlier versions (no tokenizer_files, a key this version
     dropped), and a checkpoint without any train_state."""

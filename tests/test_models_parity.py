@@ -36,6 +36,7 @@ def test_llama_logits_match_transformers_with_gqa_padding_and_rope_theta(llama_d
     assert np.abs(want).max() > 1.0  # the reference is not trivially small
 
 
+@pytest.mark.slow
 def test_llama_kv_cache_reproduces_full_forward_token_by_token(llama_dir):
     model, params = convert.load_hf_llama(llama_dir)
     rng = np.random.default_rng(1)

@@ -46,6 +46,7 @@ def llava_batch():
     return ids, mask, labels, ref.images_nhwc(2, ref.VISION["image_size"], seed=4)
 
 
+@pytest.mark.slow
 def test_stage2_loss_matches_transformers_llava(tmp_path):
     hf = ref.llava(seed=5)
     hf.save_pretrained(tmp_path)

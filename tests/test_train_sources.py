@@ -42,6 +42,7 @@ def test_training_from_packed_shards(tmp_path, demo_data_root):
     assert all(math.isfinite(v) for v in losses(tmp_path / "run").values())
 
 
+@pytest.mark.slow
 def test_training_from_a_tfds_dataset(tmp_path, demo_data_root):
     from test_data_tfds import LINES, XllavaTinyText
 
