@@ -89,6 +89,7 @@ def test_fits_against_the_budget():
     assert s["est_step_s"] == pytest.approx(1e12 / 197e12) and s["est_mfu"] == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_bad_config_exits_2(tmp_path, train_subprocess_env):
     env = {k: v for k, v in train_subprocess_env.items() if k != "JAX_PLATFORMS"}

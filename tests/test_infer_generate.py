@@ -105,6 +105,7 @@ def test_llava_greedy_equals_transformers_generate_with_and_without_images(llava
         assert single[0].tokens == w
 
 
+@pytest.mark.slow
 def test_cached_decoding_equals_full_forward_token_by_token(llava_dir):
     """Every generated token is the argmax of our uncached forward over prompt + tokens so far."""
     model, params = convert.load_hf_llava(llava_dir)
@@ -136,6 +137,7 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(llama_dir):
         **{**base.__dict__, "sampling": k1}))] == [g.tokens for g in greedy]
 
 
+@pytest.mark.slow
 def test_repetition_penalty_equals_transformers(llama_dir):
     hf = ref.llama(seed=11)
     model, params = convert.load_hf_llama(llama_dir)

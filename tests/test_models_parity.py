@@ -66,6 +66,7 @@ def test_llama_tied_embeddings(tmp_path):
     assert ref.scaled_diff(model.apply({"params": params}, ids.astype(np.int32)), want) < ref.TOLERANCE
 
 
+@pytest.mark.slow
 def test_clip_every_hidden_state_matches_transformers(tmp_path):
     hf = ref.clip_vision(seed=2)
     hf.save_pretrained(tmp_path)
@@ -102,6 +103,7 @@ def torch_llava_logits(hf, ids, mask, images):
                   pixel_values=ref.to_nchw(images)).logits.numpy()
 
 
+@pytest.mark.slow
 def test_llava_logits_match_transformers_on_mixed_image_and_text_rows(llava_dir):
     hf = ref.llava(seed=4)
     model, params = convert.load_hf_llava(llava_dir)

@@ -65,6 +65,7 @@ def test_stage2_loss_matches_transformers_llava(tmp_path):
     assert abs(got - want) / want < LOSS_TOLERANCE, (got, want)
 
 
+@pytest.mark.slow
 def test_stage0_packed_loss_matches_transformers_llama(tmp_path):
     hf = ref.llama(seed=6)
     hf.save_pretrained(tmp_path)

@@ -82,6 +82,7 @@ def test_stage2_step_keeps_vision_bit_identical_and_trains_llm():
     assert not np.array_equal(PARAMS["language_model"]["lm_head"]["kernel"], new["language_model"]["lm_head"]["kernel"])
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_tiny_overfit_set():
     _, metrics = run_steps((STAGE2,), tiny_batch(CFG, seed=1), steps=30)
     losses = [float(m["loss"]) for m in metrics]
@@ -119,6 +120,7 @@ def test_consistency_loss_is_reported_and_trains_the_projector():
             np.testing.assert_array_equal(a, b, err_msg=str(path))
 
 
+@pytest.mark.slow
 def test_nonfinite_step_is_skipped_and_counted():
     bad = jax.tree_util.tree_map(np.copy, PARAMS)
     bad["language_model"]["norm"]["scale"][:] = np.nan  # frozen in stage 1: every step's loss is NaN
