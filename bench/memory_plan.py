@@ -55,6 +55,7 @@ import math
 import os
 import sys
 import time
+import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,14 +90,13 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import AbstractMesh  # noqa: E402
 
 sys.path.insert(0, ROOT)
-from xllava_jax.models.clip import CLIPVisionConfig  # noqa: E402
-from xllava_jax.models.llama import LlamaConfig  # noqa: E402
 from xllava_jax.models.llava import LlavaConfig  # noqa: E402
 from xllava_jax.models.params import abstract_params  # noqa: E402
 from xllava_jax.models.vocab import padded_size  # noqa: E402
 from xllava_jax.train import trainable  # noqa: E402
 from xllava_jax.train.harness import stage_harness  # noqa: E402
-from xllava_jax.train.initialize import exec_kwargs  # noqa: E402
+from xllava_jax.models.presets import CLIP_L14_336, LLAMA2_13B  # noqa: E402
+from xllava_jax.train.initialize import model_config as resolve  # noqa: E402
 from xllava_jax.sharding import MESH_AXES, make_mesh  # noqa: E402
 from xllava_jax.train.validate import trainable_groups  # noqa: E402
 
@@ -104,8 +104,6 @@ GiB = 2 ** 30
 # HBM per device. H100 SXM 80GB: nvidia-smi reports 81,559 MiB. TPU v5p: 95 GB HBM2e per chip (Cloud TPU docs);
 # taken as 95e9 bytes (the smaller reading); v5p-64 = 2x4x4 = 64 TensorCores = 32 chips, one JAX device per chip.
 HARDWARE = (("8x H100-80GB", 8, 81559 * 2 ** 20, "gpu"), ("TPU v5p-64 (32 chips)", 32, 95e9, "tpu"))
-LLAMA2_13B = dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                  num_key_value_heads=40, rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=4096)
 C_H = 12  # bf16 [T, H] tensors alive at a layer's backward peak (see the module doc)
 C_S = 12  # bytes per attention score element with XLA attention (fp32 probs 4 + bf16 probs 2 + dprobs 2 + dlogits 4)
 
@@ -122,21 +120,19 @@ def model_config(config, vocab: int, text_layers: int | None = None, vision_laye
                  hidden: int | None = None, mlp: int | None = None, heads: int | None = None,
                  attention: str = "") -> LlavaConfig:
     """X-LLaVA 13B (or a scaled copy) with the config's execution settings (as initial_model applies them)."""
-    kw = exec_kwargs(config.model)
     if attention:
-        kw["attention"] = attention
-    text = dict(LLAMA2_13B)
+        config = config.copy_and_resolve_references()
+        config.model.attention = attention
+    text = {**LLAMA2_13B, "vocab_size": padded_size(vocab, config.init.pad_vocab_to)}
     for k, v in (("num_hidden_layers", text_layers), ("hidden_size", hidden), ("intermediate_size", mlp),
                  ("num_attention_heads", heads), ("num_key_value_heads", heads)):
         if v:
             text[k] = v
-    vision = dict(config.model.vision)  # CLIP ViT-L/14-336 defaults
+    vision = dict(CLIP_L14_336)
     if vision_layers:
         vision["num_hidden_layers"] = vision_layers
-    v = padded_size(vocab, config.init.pad_vocab_to)
-    return LlavaConfig(vision=CLIPVisionConfig(**vision, **kw), text=LlamaConfig(vocab_size=v, **text, **kw),
-                       projector_type=config.model.projector_type, image_token_id=vocab - 2, pad_token_id=vocab - 1,
-                       vision_feature_layer=config.model.vision_feature_layer)
+    return resolve(config, text, vision, types.SimpleNamespace(vocab_size=vocab, image_token_id=vocab - 2,
+                                                               pad_id=vocab - 1))
 
 
 def mesh_sizes(config, n: int) -> tuple[int, ...]:

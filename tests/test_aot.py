@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from xllava_jax.aot import BadConfig, parse_topology, summarize
+from xllava_jax.aot.chips import BadConfig, parse_topology
+from xllava_jax.aot.cost import summarize
 
 ROOT = Path(__file__).parent.parent
 TINY = ["--config.init.source=random", "--config.model.text.vocab_size=512", "--config.model.text.hidden_size=256",
@@ -21,7 +22,7 @@ TINY = ["--config.init.source=random", "--config.model.text.vocab_size=512", "--
         "--config.model.vision.image_size=56", "--config.model.vision.patch_size=14", "--config.data.max_len=256",
         "--config.train.batch_size=8"]
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                                  reason="libtpu missing: pip install -e '.[test]' (it brings jax[tpu])")
+                                  reason="libtpu missing: pip install -e '.[tpu]' (jax[tpu]) to compile for TPU")
 
 
 @pytest.mark.parametrize("name,grid,devices,accel", [
@@ -49,6 +50,7 @@ def aot(tmp_path, env, *extra, topology="v5e:2x2", exact_cost=False):
     return r, (json.loads(out.read_text()) if out.exists() else None)
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_tiny_splash_step_compiles_for_v5e_2x2(tmp_path, train_subprocess_env):
     env = {k: v for k, v in train_subprocess_env.items() if k != "JAX_PLATFORMS"}
@@ -64,6 +66,7 @@ def test_tiny_splash_step_compiles_for_v5e_2x2(tmp_path, train_subprocess_env):
                       "est_mfu", "compile_s"}
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_flop_count_on_a_multi_host_slice_equals_the_analytic_count(tmp_path, train_subprocess_env):
     """v5p-64 (8 hosts): the TPU compiler's count of the sharded step itself is 0.37x the hand count here, which
@@ -86,6 +89,7 @@ def test_fits_against_the_budget():
     assert s["est_step_s"] == pytest.approx(1e12 / 197e12) and s["est_mfu"] == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_bad_config_exits_2(tmp_path, train_subprocess_env):
     env = {k: v for k, v in train_subprocess_env.items() if k != "JAX_PLATFORMS"}
@@ -96,6 +100,7 @@ def test_bad_config_exits_2(tmp_path, train_subprocess_env):
     assert r.returncode == 2 and "unknown TPU topology 'v7x-8'" in r.stderr, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_generate_programs_compile(tmp_path, train_subprocess_env):
     env = {k: v for k, v in train_subprocess_env.items() if k != "JAX_PLATFORMS"}

@@ -9,6 +9,7 @@ from xllava_jax.models.attention_cpu import cpu_attention
 from xllava_jax.models.layers import MaskSpec
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kv_heads", [4, 2])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_cpu_attention_equals_jax_xla_values_and_grads(kv_heads, dtype):

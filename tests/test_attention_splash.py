@@ -2,6 +2,7 @@
 checked against transformers: forward and gradients, with causal + padding + packed segments and GQA, alone
 and under shard_map on a simulated 4-device mesh (batch and heads sharded); plus 'auto' resolution."""
 
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +29,7 @@ def loss(impl, q, k, v, spec, real, cot):
     return jnp.sum(out * cot * real[:, :, None, None])
 
 
+@pytest.mark.slow
 def test_splash_equals_xla_forward_and_gradients():
     q, k, v, spec, real = inputs()
     ref = attend(q, k, v, spec, "xla", "float32")
@@ -79,6 +81,7 @@ print(json.dumps({"loss": [float(l_s), float(l_x)],
 """
 
 
+@pytest.mark.slow
 def test_splash_under_shard_map_on_4_devices(train_subprocess_env):
     r = run_on_devices(SHARDED, 4, train_subprocess_env)
     assert r["shard_map"], r

@@ -117,6 +117,7 @@ def run_main(args: list[str], env: dict) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_train_main_help_typos_and_missing_init_checkpoint(tmp_path, train_subprocess_env):
     help_ = run_main(["--help"], train_subprocess_env)
     assert help_.returncode == 0 and "--workdir" in help_.stdout and "--config" in help_.stdout

@@ -39,6 +39,7 @@ def ids_with_image(cfg: LlavaConfig) -> np.ndarray:
     return ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", sorted(LLAVA_PREFIXES))
 def test_export_loads_in_transformers_with_same_logits(tmp_path, layout):
     cfg = tiny_llava_config()
@@ -67,6 +68,7 @@ def test_import_then_export_is_bit_identical(tmp_path):
         assert value.tobytes() == ours[key].tobytes(), key
 
 
+@pytest.mark.slow
 def test_export_preserves_bfloat16_and_shards(tmp_path):
     cfg = tiny_llava_config()
     params = convert.cast_params(init_params(cfg, jax.random.PRNGKey(1)), "bfloat16")
@@ -95,6 +97,7 @@ def test_llama_export_loads_in_transformers(tmp_path):
     assert tensors(tmp_path / "in").keys() == tensors(tmp_path / "out").keys()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip_kind", ["CLIPVisionModel", "CLIPModel"])
 def test_fresh_llava_from_llama_and_clip_directories(tmp_path, clip_kind):
     ref.llama(seed=9).save_pretrained(tmp_path / "llama")

@@ -1,6 +1,7 @@
 """The convert CLI: HF -> Orbax -> HF round trip, with a tokenizer and processor that
 transformers' AutoProcessor loads and whose outputs drive the exported model."""
 
+import pytest
 import numpy as np
 import torch
 import transformers
@@ -37,6 +38,7 @@ def test_hf_to_orbax_to_hf_round_trip_with_processor(tmp_path, hf_llama_tokenize
     assert torch.equal(want, got)
 
 
+@pytest.mark.slow
 def test_fresh_llava_from_llama_and_clip_via_cli(tmp_path):
     ref.llama(seed=13).save_pretrained(tmp_path / "llama")
     ref.clip_vision(seed=14).save_pretrained(tmp_path / "clip")

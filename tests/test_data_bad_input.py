@@ -47,6 +47,7 @@ EXPECTED = {"malformed_json": 1, "missing_field": 2, "turns_not_alternating": 1,
             "missing_image": 1, "corrupt_image": 1}
 
 
+@pytest.mark.slow
 def test_each_bad_kind_counted_with_id(planted, spm_model_path, caplog):
     tok = load_tokenizer(spm_model_path)
     stats = DataStats()

@@ -52,6 +52,7 @@ def test_resume_mid_epoch_yields_same_next_batches(setup, pack):
     assert same(batches(it2, 4), expected)
 
 
+@pytest.mark.slow
 def test_resume_with_worker_processes(setup):
     tok, records, proc = setup
     it = iter(pipeline.make_pipeline(records, proc, spec(tok, True), seed=1, num_workers=2))

@@ -52,6 +52,7 @@ def check_report(report: dict) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 @pytest.mark.demo
 def test_readme_demo_reads_the_image_and_exports(tmp_path):
     # XLLAVA_DEMO_WORKDIR=DIR: run in DIR instead (the command resumes what a previous run left there, e.g. only

@@ -89,6 +89,7 @@ def test_instruction_added_only_when_the_question_lacks_it(text):
     assert q.text.count("single word") == 1
 
 
+@pytest.mark.slow
 def test_answer_files_record_the_checkpoint_and_refuse_to_mix(tiny_llava_hf_dir, question_set, tmp_path):
     model, params = load_model(tiny_llava_hf_dir)
     tok = load_tokenizer_for(tiny_llava_hf_dir)
@@ -129,6 +130,7 @@ def test_answer_file_without_checkpoint_is_refused(tmp_path):
     check_same_checkpoint(tmp_path / "missing.jsonl", {"params_fingerprint": "x"})  # no file: fine
 
 
+@pytest.mark.slow
 def test_eval_run_defaults_to_the_checkpoints_training_template_and_instruction(tiny_llava_hf_dir, question_set,
                                                                                 tmp_path, monkeypatch):
     import xllava_jax.eval.runner as runner

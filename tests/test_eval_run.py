@@ -24,6 +24,7 @@ def parallel_gqa(n=4):
              "answer": {"en": "red", "ko": "빨간색", "zh": "红色"}} for i in range(n)]
 
 
+@pytest.mark.slow
 def test_multilingual_gqa_scores_per_language_with_non_english_average(tiny_llava_hf_dir, question_set, tmp_path):
     model, params = load_model(tiny_llava_hf_dir)
     tok = load_tokenizer_for(tiny_llava_hf_dir)

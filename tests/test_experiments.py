@@ -2,6 +2,7 @@
 arm built and trained a handful of steps, evaluated, report and plots written). SLOW-ISH: ~2 minutes on an
 idle 2-core CPU (the JAX compilation cache makes most stages reuse a compiled program). No claims are checked."""
 
+import pytest
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ EXPECTED_METRICS = {"acc_en", "acc_ko", "acc_zh", "acc_non_en", "acc_ko_fruit", 
                     "train_chars_per_s", "modality_gap", "train_seconds"}
 
 
+@pytest.mark.slow
 def test_quick_run_all_suites(tmp_path):
     out = tmp_path / "exp"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}

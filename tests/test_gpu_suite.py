@@ -1,6 +1,7 @@
 """bench/gpu_suite.py dry run: `--tiny` runs every part's code path on CPU in subprocesses, with grain and
 ml_collections made unimportable (the GPU image has neither), and writes a complete report."""
 
+import pytest
 import json
 import math
 import os
@@ -32,6 +33,7 @@ def test_helpers():
     assert not gpu_suite.is_oom(ValueError("bad shape"))
 
 
+@pytest.mark.slow
 def test_tiny_suite_runs_every_part_without_grain_or_ml_collections(tmp_path):
     block = tmp_path / "block"
     block.mkdir()

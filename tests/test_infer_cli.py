@@ -37,6 +37,7 @@ def test_chat_streams_answers_over_several_turns_in_any_language(tiny_llava_hf_d
     assert answers[0] == want.text
 
 
+@pytest.mark.slow
 def test_generate_writes_llava_answers_and_resumes_after_a_torn_line(tiny_llava_hf_dir, question_set, tmp_path,
                                                                      monkeypatch, capsys):
     out = tmp_path / "answers.jsonl"
@@ -57,6 +58,7 @@ def test_generate_writes_llava_answers_and_resumes_after_a_torn_line(tiny_llava_
     assert [r["text"] for r in again] == [r["text"] for r in first]  # greedy: the same answers
 
 
+@pytest.mark.slow
 def test_orbax_checkpoint_needs_a_tokenizer_flag(tiny_llava_hf_dir, question_set, tmp_path, monkeypatch, capsys):
     from xllava_jax.checkpoint import save_params
     model, params = load_model(tiny_llava_hf_dir)

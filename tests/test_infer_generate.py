@@ -63,6 +63,7 @@ def eos_inside(rows):
     return rows[1][MAX_NEW // 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps_per_call", [0, 1, 5])
 def test_llama_greedy_equals_transformers_generate_with_left_padding_and_eos(llama_dir, steps_per_call):
     hf = ref.llama(seed=11)
@@ -87,6 +88,7 @@ def llava_case(num_image_tokens):
     return prompts, [[pixels[0]], [], [pixels[1]]], pixels
 
 
+@pytest.mark.slow
 def test_llava_greedy_equals_transformers_generate_with_and_without_images(llava_dir):
     hf = ref.llava(seed=12)
     model, params = convert.load_hf_llava(llava_dir)
@@ -103,6 +105,7 @@ def test_llava_greedy_equals_transformers_generate_with_and_without_images(llava
         assert single[0].tokens == w
 
 
+@pytest.mark.slow
 def test_cached_decoding_equals_full_forward_token_by_token(llava_dir):
     """Every generated token is the argmax of our uncached forward over prompt + tokens so far."""
     model, params = convert.load_hf_llava(llava_dir)
@@ -118,6 +121,7 @@ def test_cached_decoding_equals_full_forward_token_by_token(llava_dir):
         assert logits[row, len(prompt) - 1:len(prompt) - 1 + MAX_NEW].argmax(-1).tolist() == g.tokens
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_top_k_1_is_greedy(llama_dir):
     model, params = convert.load_hf_llama(llama_dir)
     prompts = text_prompts(1, [5, 8])
@@ -133,6 +137,7 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(llama_dir):
         **{**base.__dict__, "sampling": k1}))] == [g.tokens for g in greedy]
 
 
+@pytest.mark.slow
 def test_repetition_penalty_equals_transformers(llama_dir):
     hf = ref.llama(seed=11)
     model, params = convert.load_hf_llama(llama_dir)
@@ -171,6 +176,7 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_generation_on_four_devices_equals_single_device(llava_dir):
     """Params placed with the training shardings (tensor-parallel heads/MLP/vocab) on 4 CPU devices."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}

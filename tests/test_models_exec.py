@@ -39,6 +39,7 @@ PARAMS = init_params(BASE, jax.random.PRNGKey(0))
 
 @pytest.mark.parametrize("exec_kw", [dict(scan_layers=False), dict(remat_policy="full"),
                                      dict(remat_policy="dots"), dict(remat_policy="dots_no_batch", scan_layers=False)])
+@pytest.mark.slow
 def test_scan_and_remat_do_not_change_results(exec_kw):
     want_loss, want_grads = loss_and_grads(BASE, PARAMS)
     got_loss, got_grads = loss_and_grads(config(**exec_kw), PARAMS)
@@ -47,6 +48,7 @@ def test_scan_and_remat_do_not_change_results(exec_kw):
         assert ref.scaled_diff(g, w) < ref.TOLERANCE
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_and_params_stay_close():
     cfg = config(dtype="bfloat16", param_dtype="bfloat16")
     bf16 = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), PARAMS)

@@ -36,6 +36,7 @@ def test_llama_logits_match_transformers_with_gqa_padding_and_rope_theta(llama_d
     assert np.abs(want).max() > 1.0  # the reference is not trivially small
 
 
+@pytest.mark.slow
 def test_llama_kv_cache_reproduces_full_forward_token_by_token(llama_dir):
     model, params = convert.load_hf_llama(llama_dir)
     rng = np.random.default_rng(1)
@@ -65,6 +66,7 @@ def test_llama_tied_embeddings(tmp_path):
     assert ref.scaled_diff(model.apply({"params": params}, ids.astype(np.int32)), want) < ref.TOLERANCE
 
 
+@pytest.mark.slow
 def test_clip_every_hidden_state_matches_transformers(tmp_path):
     hf = ref.clip_vision(seed=2)
     hf.save_pretrained(tmp_path)
@@ -101,6 +103,7 @@ def torch_llava_logits(hf, ids, mask, images):
                   pixel_values=ref.to_nchw(images)).logits.numpy()
 
 
+@pytest.mark.slow
 def test_llava_logits_match_transformers_on_mixed_image_and_text_rows(llava_dir):
     hf = ref.llava(seed=4)
     model, params = convert.load_hf_llava(llava_dir)

@@ -2,6 +2,7 @@
 same losses and params as 1 process x 8 devices; one process killed mid-run stops the job (launch/local.py),
 and restarting both resumes from the last checkpoint (per-process data-iterator states) to the same end."""
 
+import pytest
 import os
 import signal
 import subprocess
@@ -44,6 +45,7 @@ def pid_of(workdir: Path, process_id: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_and_resume_after_a_kill(tmp_path, demo_data_root, train_subprocess_env):
     env = dict(train_subprocess_env, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     single, multi = tmp_path / "single", tmp_path / "multi"

@@ -3,6 +3,7 @@ import, checkpoint-restore and stage-0-LLaMA-to-LLaVA paths, the most bytes any 
 (jax.live_arrays sampled in a thread while initial_model + make_harness + init_state run) stay near what the
 step's shardings put there: 1/8 of the sharded leaves plus the replicated ones, far below the whole model."""
 
+import pytest
 from train_helpers import run_on_devices
 
 SCRIPT = r"""
@@ -80,6 +81,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_startup_never_gathers_the_model_on_one_device(train_subprocess_env, tmp_path):
     r = run_on_devices(SCRIPT, 8, train_subprocess_env, str(tmp_path))
     print(r)

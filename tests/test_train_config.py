@@ -109,3 +109,43 @@ def test_cli_override_error_exits_before_training(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "mesh data=3" in out.stderr
     assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_locked_schema_names_an_unknown_key(tmp_path):
+    """A key train/defaults.py does not define is an error naming it: set on a base config (locked), in a config
+    built another way (validate), and in a config file run by the training CLI (before anything starts)."""
+    import ml_collections
+
+    with pytest.raises(AttributeError, match="instrucion"):
+        base_config(2).data.instrucion = "Answer briefly."
+    c = ml_collections.ConfigDict(valid().to_dict())
+    c.data.instrucion = "Answer briefly."
+    with pytest.raises(ConfigError, match=r"unknown setting data\.instrucion; did you mean data\.instruction\?"):
+        validate(c, num_devices=1)
+    del c.data.instrucion
+    del c.train.grad_accum
+    with pytest.raises(ConfigError, match=r"missing setting train\.grad_accum"):
+        validate(c, num_devices=1)
+    listed = load("demo")
+    listed.unlock()
+    listed.stage9 = listed.stage2
+    with pytest.raises(ConfigError, match="unknown setting stage9 in a stage list"):
+        validate(listed, num_devices=1)
+
+    config = tmp_path / "typo.py"
+    config.write_text("import ml_collections\nfrom xllava_jax.train.defaults import base_config\n\n\n"
+                      "def get_config():\n    c = ml_collections.ConfigDict(base_config(2).to_dict())\n"
+                      "    c.data.instrucion = 'Answer briefly.'\n    return c\n")
+    out = subprocess.run([sys.executable, "-m", "xllava_jax.main", "--config", str(config), "--workdir",
+                          str(tmp_path / "w")], capture_output=True, text=True, cwd=CONFIGS.parent, timeout=300,
+                         env={**__import__("os").environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(CONFIGS.parent)})
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "unknown setting data.instrucion; did you mean data.instruction?" in out.stderr
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_instruction_is_a_setting_with_a_default():
+    c = base_config(2)
+    assert c.data.instruction is None and c.eval_data.instruction is None
+    c.data.instruction = "Answer the question using a single word or phrase."
+    validate(valid(), num_devices=1)

@@ -2,6 +2,7 @@
 definitions: a_i and t_i average content tokens only (no template text, no </s>), and by default the text side
 is under stop_gradient, so the loss never moves the word embeddings."""
 
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,6 +79,7 @@ def test_text_side_is_stop_gradient_unless_asked():
     assert np.any(np.asarray(jax.grad(cons)(embeds, features, True)))
 
 
+@pytest.mark.slow
 def test_consistency_loss_leaves_word_embedding_gradients_alone():
     params = jax.jit(lambda key: init_params(CFG, key))(jax.random.PRNGKey(0))
     t, f = trainable.split(params, ("projector", "language_model"), True)

@@ -5,9 +5,11 @@ or after it (the last good one stays the latest)."""
 import pytest
 
 from train_helpers import demo_stage_config
-from xllava_jax.train.loop import NonFiniteError, run_stage
+from xllava_jax.train.hooks import NonFiniteError
+from xllava_jax.train.loop import run_stage
 
 
+@pytest.mark.slow
 def test_nonfinite_streak_stops_the_run_at_its_step(tmp_path, demo_data_root):
     c = demo_stage_config(1, str(demo_data_root), steps=8)
     c.optim.update(lr=1e30, warmup_ratio=0.0, clip_norm=0.0)  # step 1 blows the params up; 2, 3 are non-finite

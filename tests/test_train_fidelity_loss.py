@@ -46,6 +46,7 @@ def llava_batch():
     return ids, mask, labels, ref.images_nhwc(2, ref.VISION["image_size"], seed=4)
 
 
+@pytest.mark.slow
 def test_stage2_loss_matches_transformers_llava(tmp_path):
     hf = ref.llava(seed=5)
     hf.save_pretrained(tmp_path)
@@ -64,6 +65,7 @@ def test_stage2_loss_matches_transformers_llava(tmp_path):
     assert abs(got - want) / want < LOSS_TOLERANCE, (got, want)
 
 
+@pytest.mark.slow
 def test_stage0_packed_loss_matches_transformers_llama(tmp_path):
     hf = ref.llama(seed=6)
     hf.save_pretrained(tmp_path)

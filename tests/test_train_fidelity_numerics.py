@@ -20,6 +20,7 @@ BF16 = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_laye
             num_key_value_heads=2, dtype="bfloat16")
 
 
+@pytest.mark.slow
 def test_embedding_gradient_of_a_frequent_token_is_summed_in_float32():
     cfg = LlamaConfig(**BF16)
     model = build_model(cfg)
@@ -42,6 +43,7 @@ def test_embedding_gradient_of_a_frequent_token_is_summed_in_float32():
     assert err < 1e-5, err  # bf16 lookup (the table cast first): ~4e-2
 
 
+@pytest.mark.slow
 def test_lm_head_logits_accumulate_in_float32():
     for tied in (False, True):
         cfg = LlamaConfig(**BF16, tie_word_embeddings=tied)

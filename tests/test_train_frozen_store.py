@@ -6,7 +6,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from xllava_jax.checkpoint import FROZEN_GROUPS, load_params, load_train_state, save_params
+from xllava_jax.checkpoint import load_params, read_record, save_params
 from xllava_jax.models.params import init_params
 from xllava_jax.sharding import make_mesh
 from xllava_jax.tokenizer.spm import load_tokenizer
@@ -41,6 +41,7 @@ def stage1(tmp_path, demo_data_root):
     return c, params
 
 
+@pytest.mark.slow
 def test_frozen_groups_held_in_frozen_dtype(stage1):
     c, _ = stage1
     cfg, params = initial_model(c, load_tokenizer(c.tokenizer))
@@ -53,6 +54,7 @@ def test_frozen_groups_held_in_frozen_dtype(stage1):
     assert {x.dtype for x in jax.tree_util.tree_leaves(state.frozen)} == {np.dtype("float32")}
 
 
+@pytest.mark.slow
 def test_frozen_store_written_once_at_load_precision(stage1, tmp_path):
     c, source = stage1
     workdir = tmp_path / "run"
@@ -63,7 +65,7 @@ def test_frozen_store_written_once_at_load_precision(stage1, tmp_path):
     for step in (2, 4):
         step_dir = workdir / "checkpoints" / str(step)
         assert saved_groups(step_dir) == {"vision_tower", "projector"}  # no copy of the frozen LLM
-        assert load_train_state(step_dir)[FROZEN_GROUPS] == ["language_model"]
+        assert read_record(step_dir).frozen_groups == ("language_model",)
 
     cfg, params = load_params(workdir)
     assert sorted(params) == ["language_model", "projector", "vision_tower"]
@@ -81,6 +83,7 @@ def test_frozen_store_written_once_at_load_precision(stage1, tmp_path):
     assert saved_groups(workdir / "checkpoints" / "6") == {"vision_tower", "projector"}
 
 
+@pytest.mark.slow
 def test_step_without_its_store_names_what_is_missing(stage1, tmp_path):
     c, _ = stage1
     c.train.num_steps = 2
@@ -91,6 +94,7 @@ def test_step_without_its_store_names_what_is_missing(stage1, tmp_path):
         load_params(workdir / "checkpoints" / "2")
 
 
+@pytest.mark.slow
 def test_bf16_storage_of_frozen_groups_changes_nothing_under_bf16_compute():
     """What docs/training.md promises: every use of a weight casts it to the compute dtype first, so a frozen tower
     held in bf16 gives bit-identical outputs to one held in fp32 when the compute dtype is bf16."""
@@ -108,6 +112,7 @@ def test_bf16_storage_of_frozen_groups_changes_nothing_under_bf16_compute():
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
 
+@pytest.mark.slow
 def test_workdir_from_before_the_store_resumes_and_gains_one(stage1, tmp_path):
     """A step directory holding every group in `params` and no `frozen_groups` (what earlier versions wrote)
     resumes; the run then writes the store its new steps refer to."""
@@ -125,7 +130,7 @@ def test_workdir_from_before_the_store_resumes_and_gains_one(stage1, tmp_path):
     shutil.copytree(tmp_path / "full" / "params", step / "params")
     meta = step / "train_state" / "metadata"
     state = json.loads(meta.read_text())
-    del state[FROZEN_GROUPS]
+    del state["frozen_groups"]
     meta.write_text(json.dumps(state))
     shutil.rmtree(workdir / "frozen")
     assert saved_groups(step) == {"vision_tower", "projector", "language_model"}

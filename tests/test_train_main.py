@@ -3,6 +3,7 @@ the vocabulary grown to the expanded tokenizer, stage1, stage2, each from the on
 metrics.jsonl and TensorBoard events, logs eval with the modality gap, leaves checkpoints that load_params reads,
 and ends with demo_report.json: per-language held-out accuracy, tokens/char gain, and a verified HF export."""
 
+import pytest
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from xllava_jax.checkpoint import load_params
 REPO = Path(__file__).parents[1]
 
 
+@pytest.mark.slow
 def test_demo_stage_list_runs(tmp_path, demo_data_root, train_subprocess_env):
     work = tmp_path / "demo"
     steps = [f"--config.{s}.train.num_steps=4" for s in ("base", "stage0", "stage1", "stage2")]

@@ -2,6 +2,7 @@
 SIGTERM (which saves) and resumed again, ends with the same losses and bit-identical params as an
 uninterrupted run."""
 
+import pytest
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ def start_and_signal(cmd: list[str], env: dict, ckpt: Path, sig: int) -> subproc
     return proc
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, demo_data_root, train_subprocess_env):
     env = train_subprocess_env
     full, broken = tmp_path / "full", tmp_path / "broken"

@@ -1,6 +1,7 @@
 """The sharded step equals the single-device step: 8 simulated CPU devices, mesh data=1 x fsdp=4 x tensor=2,
 two stage-2 AdamW steps with gradient accumulation 2, in a subprocess (the rest of the suite keeps 1 device)."""
 
+import pytest
 from train_helpers import run_on_devices
 
 SCRIPT = r"""
@@ -41,6 +42,7 @@ print(json.dumps({"loss1": loss1, "loss8": loss8, "max_abs_param_diff": diff,
 """
 
 
+@pytest.mark.slow
 def test_fsdp4_tensor2_step_equals_single_device(train_subprocess_env):
     r = run_on_devices(SCRIPT, 8, train_subprocess_env)
     print(r)

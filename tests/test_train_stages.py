@@ -1,6 +1,7 @@
 """Stage 0 on packed text with a vocabulary grown to the (expanded) tokenizer, then stage 1 from that
 decoder (a LLaVA composed around it) on the LRM-LLaVA MVQA task mix."""
 
+import pytest
 import jax
 import numpy as np
 
@@ -11,6 +12,7 @@ from xllava_jax.train.defaults import base_config, tiny_model
 from xllava_jax.train.loop import run_stage
 
 
+@pytest.mark.slow
 def test_stage0_grows_vocab_then_stage1_lrm_mix(tmp_path, demo_data_root):
     tok = load_tokenizer(demo_data_root / "tokenizer")
     small = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -1,6 +1,7 @@
 """The train step: row-local forward equals the model, frozen groups stay bit-identical, the loss falls,
 gradient accumulation equals one big batch, non-finite steps are skipped, stage 1 needs less memory."""
 
+import pytest
 import functools
 
 import jax
@@ -47,6 +48,7 @@ def leaves(tree):
     return jax.tree_util.tree_leaves_with_path(tree)
 
 
+@pytest.mark.slow
 def test_row_local_forward_equals_model_call():
     batch = tiny_batch(CFG, rows=4)
     out = forward(build_model(CFG), PARAMS, batch, True)
@@ -60,6 +62,7 @@ def test_row_local_forward_equals_model_call():
     np.testing.assert_array_equal(slots, batch["pixel_values"])
 
 
+@pytest.mark.slow
 def test_stage1_step_changes_only_the_projector():
     new, m = run_steps((STAGE1,), tiny_batch(CFG))
     assert m[0]["finite"] and np.isfinite(m[0]["loss"])
@@ -70,6 +73,7 @@ def test_stage1_step_changes_only_the_projector():
             np.testing.assert_array_equal(a, b, err_msg=str(path))
 
 
+@pytest.mark.slow
 def test_stage2_step_keeps_vision_bit_identical_and_trains_llm():
     new, _ = run_steps((STAGE2,), tiny_batch(CFG))
     for (path, a), (_, b) in zip(leaves(PARAMS), leaves(new)):
@@ -78,6 +82,7 @@ def test_stage2_step_keeps_vision_bit_identical_and_trains_llm():
     assert not np.array_equal(PARAMS["language_model"]["lm_head"]["kernel"], new["language_model"]["lm_head"]["kernel"])
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_tiny_overfit_set():
     _, metrics = run_steps((STAGE2,), tiny_batch(CFG, seed=1), steps=30)
     losses = [float(m["loss"]) for m in metrics]
@@ -85,6 +90,7 @@ def test_loss_falls_on_a_tiny_overfit_set():
     assert float(metrics[-1]["accuracy"]) > 0.8
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch():
     batch = tiny_batch(CFG)
     one, m1 = run_steps((STAGE2,), batch)
@@ -95,6 +101,7 @@ def test_gradient_accumulation_equals_one_big_batch():
         np.testing.assert_allclose(a, b, atol=2e-5, err_msg=str(path))
 
 
+@pytest.mark.slow
 def test_consistency_loss_is_reported_and_trains_the_projector():
     batch = tiny_batch(CFG)
     without, m0 = run_steps((STAGE1,), batch)
@@ -113,6 +120,7 @@ def test_consistency_loss_is_reported_and_trains_the_projector():
             np.testing.assert_array_equal(a, b, err_msg=str(path))
 
 
+@pytest.mark.slow
 def test_nonfinite_step_is_skipped_and_counted():
     bad = jax.tree_util.tree_map(np.copy, PARAMS)
     bad["language_model"]["norm"]["scale"][:] = np.nan  # frozen in stage 1: every step's loss is NaN

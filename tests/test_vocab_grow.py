@@ -66,6 +66,7 @@ def hf_logits(directory, ids: np.ndarray, cls=transformers.LlamaForCausalLM) -> 
         return model(input_ids=torch.from_numpy(ids)).logits.numpy()
 
 
+@pytest.mark.slow
 def test_grow_orbax_llama_then_export(tmp_path):
     cfg = LlamaConfig(vocab_size=128, **TEXT)
     params = jax.tree_util.tree_map(np.asarray, init_params(cfg, jax.random.PRNGKey(0)))
@@ -97,6 +98,7 @@ def expanded_tokenizer(spm_model_path, tmp_path_factory):
     return out / "tok"
 
 
+@pytest.mark.slow
 def test_grow_orbax_llava_to_expanded_tokenizer_then_export(tmp_path, hf_llama_tokenizer_dir, expanded_tokenizer):
     base_tok, tok = load_tokenizer(hf_llama_tokenizer_dir), load_tokenizer(expanded_tokenizer)
     cfg = LlavaConfig(vision=CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,

@@ -1,9 +1,10 @@
 """Orbax checkpoint layout shared by training and conversion.
 
 A checkpoint is a directory with Orbax items: `params` (the param pytree), `model_config`
-(JSON, so export needs nothing else) and, for training steps, `opt_state` and
-`data_state`. A training workdir keeps one such directory per step under
-`<workdir>/checkpoints/<step>/`. A stage with frozen parameter groups writes them once, at its start,
+(JSON, so export needs nothing else) and, for training steps, `opt_state`, `data_state`, `train_state`
+(the `TrainRecord`: how the checkpoint was trained) and `tokenizer` (the tokenizer files it was trained
+with, so inference, evaluation and export need no `--tokenizer`). A training workdir keeps one such
+directory per step under `<workdir>/checkpoints/<step>/`. A stage with frozen parameter groups writes them once, at its start,
 to `<workdir>/frozen/` (a params checkpoint of those groups at the precision they were loaded in); its
 step directories then hold only the trained groups, list the frozen ones in `train_state`
 (`frozen_groups`), and `load_params` merges the two.
@@ -11,6 +12,7 @@ step directories then hold only the trained groups, list the frozen ones in `tra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,6 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 from xllava_jax.models.params import ModelConfig, abstract_params, config_from_dict, config_to_dict
@@ -29,7 +32,41 @@ log = logging.getLogger(__name__)
 PARAMS = "params"
 MODEL_CONFIG = "model_config"
 FROZEN = "frozen"  # <workdir>/frozen: the stage's frozen groups, written once
-FROZEN_GROUPS = "frozen_groups"  # train_state key: the groups a step directory leaves to <workdir>/frozen
+TOKENIZER = "tokenizer"  # a training step's item: its tokenizer files (tokenizer.model and HF side files)
+# the files of a tokenizer that travel with a checkpoint (tokenizer.model, plus an HF directory's added tokens)
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "tokenizer.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRecord:
+    """How a checkpoint was trained: what inference, evaluation, the data CLI and export need to use it the way
+    it was trained, and what a resumed run needs to continue (a checkpoint not written by training, e.g.
+    converted from HF, has the empty record)."""
+
+    step: int | None = None  # the optimizer step the checkpoint holds
+    total_steps: int | None = None  # steps of the stage it was written in
+    stage: int | None = None  # 0 causal LM, 1 projector alignment, 2 instruction tuning
+    template: str | None = None  # conversation template of its training data (plain, vicuna_v1, ...)
+    instruction: str | None = None  # instruction appended to short-answer questions in training (None: none)
+    frozen_groups: tuple[str, ...] = ()  # parameter groups left to <workdir>/frozen, not in the step's params
+    tokenizer_files: tuple[str, ...] = ()  # files in the step's `tokenizer` item (empty: it carries none)
+    nonfinite_streak: int = 0  # non-finite steps in a row at `step`
+    nonfinite_total: int = 0  # non-finite steps of the stage so far
+
+    def to_json(self) -> dict:
+        """The record as the JSON item `train_state`."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "TrainRecord":
+        """The record of a `train_state` item (one written before a field existed gets its default; keys this
+        version does not know are ignored, with a warning)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            log.warning("train_state keys %s are not part of TrainRecord: ignored", unknown)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names})
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -107,30 +144,85 @@ def load_params(path: str | os.PathLike, shardings: Any = None, to_host: bool = 
                 lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]), abstract)
         target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                         abstract, shardings)
-    groups = load_train_state(directory).get(FROZEN_GROUPS) or []
+    groups = list(read_record(directory).frozen_groups)
     if not groups:
         return cfg, _restore_params(directory, target)
     trained = _restore_params(directory, {k: v for k, v in target.items() if k not in groups})
     return cfg, {**load_frozen(directory, groups, target), **trained}
 
 
-# ---- training checkpoints: <workdir>/checkpoints/<step>/{params, opt_state, data_state, train_state, model_config}
+# ---- training checkpoints: <workdir>/checkpoints/<step>/{params, opt_state, data_state, train_state,
+# model_config, tokenizer}
 
 OPT_STATE = "opt_state"
 DATA_STATE = "data_state"
 TRAIN_STATE = "train_state"
-ITEMS = (PARAMS, OPT_STATE, DATA_STATE, TRAIN_STATE, MODEL_CONFIG)
+ITEMS = (PARAMS, OPT_STATE, DATA_STATE, TRAIN_STATE, MODEL_CONFIG, TOKENIZER)
 
 
-def load_train_state(path: str | os.PathLike) -> dict:
-    """The `train_state` JSON of a training checkpoint (step, stage, and the prompt template and instruction the
-    model was trained with); {} for a checkpoint without one (e.g. converted from HF)."""
+def read_record(path: str | os.PathLike) -> TrainRecord:
+    """How the checkpoint at `path` (a step, or a workdir: its latest step) was trained; the empty record for a
+    checkpoint that training did not write. FileNotFoundError when `path` holds no Orbax checkpoint."""
     directory = resolve(path).absolute()
     if not (directory / TRAIN_STATE).is_dir():
-        return {}
+        return TrainRecord()
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         raw = checkpointer.restore(directory, args=ocp.args.Composite(**{TRAIN_STATE: ocp.args.JsonRestore()}))
-    return dict(raw[TRAIN_STATE] or {})
+    return TrainRecord.from_json(dict(raw[TRAIN_STATE] or {}))
+
+
+def tokenizer_files(tokenizer: str | os.PathLike) -> dict[str, str]:
+    """{name in the checkpoint: source file} of a tokenizer (a SentencePiece model file, which a checkpoint
+    carries as tokenizer.model, or an HF tokenizer directory; local or cloud paths) that a checkpoint carries."""
+    path = epath.Path(tokenizer)
+    if not path.is_dir():
+        return {TOKENIZER_FILES[0]: str(path)}
+    return {name: str(path / name) for name in TOKENIZER_FILES if (path / name).is_file()}
+
+
+def carried_tokenizer(path: str | os.PathLike) -> Path | None:
+    """The tokenizer directory a checkpoint carries (the `tokenizer` item of a step, or of a workdir's latest
+    step; a directory holding tokenizer.model itself, as an HF export does), or None."""
+    path = Path(path)
+    if (path / "tokenizer.model").is_file():
+        return path
+    try:
+        directory = resolve(path)
+    except FileNotFoundError:
+        return None
+    return directory / TOKENIZER if (directory / TOKENIZER / "tokenizer.model").is_file() else None
+
+
+@dataclasses.dataclass
+class FilesSave(ocp.args.CheckpointArgs):
+    """Files copied into a checkpoint item's directory: {name there: source path}."""
+
+    files: dict[str, str]
+
+
+@dataclasses.dataclass
+class FilesRestore(ocp.args.CheckpointArgs):
+    """Restore of a files item: the paths of its files."""
+
+
+class FilesHandler(ocp.CheckpointHandler):
+    """An Orbax item that is a folder of files (the tokenizer a step was trained with), written by the primary
+    process into the step's temporary directory, so it appears with the step or not at all."""
+
+    def save(self, directory, args: FilesSave) -> None:
+        """Copy the files into the item directory."""
+        if jax.process_index() == 0:
+            directory.mkdir(parents=True, exist_ok=True)
+            for name, source in args.files.items():
+                (directory / name).write_bytes(epath.Path(source).read_bytes())
+
+    def restore(self, directory, args: FilesRestore | None = None) -> tuple[Path, ...]:
+        """The item's files."""
+        return tuple(sorted(Path(directory).iterdir()))
+
+
+ocp.args.register_with_handler(FilesHandler, for_save=True)(FilesSave)
+ocp.args.register_with_handler(FilesHandler, for_restore=True)(FilesRestore)
 
 
 def all_process_states(state: dict) -> dict:
@@ -175,27 +267,31 @@ class TrainCheckpoints:
         """The newest complete step, or None."""
         return self.manager.latest_step()
 
-    def save(self, step: int, params: Any, opt_state: Any, data_state: dict, train_state: dict, cfg: ModelConfig,
-             force: bool = True) -> bool:
-        """Start saving one step (returns once arrays are copied off the devices; writing goes on async)."""
-        return self.manager.save(step, args=ocp.args.Composite(**{
+    def save(self, params: Any, opt_state: Any, data_state: dict, record: TrainRecord, cfg: ModelConfig,
+             tokenizer: dict[str, str] | None = None, force: bool = True) -> bool:
+        """Start saving step `record.step` with the tokenizer files it was trained with (`tokenizer_files`;
+        returns once arrays are copied off the devices; writing goes on async)."""
+        tokenizer = tokenizer or {}
+        record = dataclasses.replace(record, tokenizer_files=tuple(sorted(tokenizer)))
+        return self.manager.save(record.step, args=ocp.args.Composite(**{
             PARAMS: ocp.args.StandardSave(params), OPT_STATE: ocp.args.StandardSave(opt_state),
-            DATA_STATE: ocp.args.JsonSave(data_state), TRAIN_STATE: ocp.args.JsonSave(train_state),
-            MODEL_CONFIG: ocp.args.JsonSave(config_to_dict(cfg))}), force=force)
+            DATA_STATE: ocp.args.JsonSave(data_state), TRAIN_STATE: ocp.args.JsonSave(record.to_json()),
+            MODEL_CONFIG: ocp.args.JsonSave(config_to_dict(cfg)),
+            **({TOKENIZER: FilesSave(dict(tokenizer))} if tokenizer else {})}), force=force)
 
     def restore(self, step: int, abstract_params_tree: Any, abstract_opt_state: Any, abstract_frozen: dict) -> dict:
-        """{params, frozen, opt_state, data_state, train_state} of `step`, arrays placed (and cast) as the abstract
+        """{params, frozen, opt_state, data_state, train_state (its TrainRecord)} of `step`, arrays placed (and cast) as the abstract
         trees say: `abstract_params_tree` the saved params without the frozen groups, `abstract_frozen` those
         ({group: ShapeDtypeStruct}, from the frozen store; a step saved with every group in `params`, as before
         the store existed, still restores)."""
-        train_state = load_train_state(self.step_dir(step))
-        groups = train_state.get(FROZEN_GROUPS)
+        record = read_record(self.step_dir(step))
+        groups = list(record.frozen_groups)
         params_target = abstract_params_tree if groups or not abstract_frozen else {**abstract_frozen,
                                                                                    **abstract_params_tree}
         restored = self.manager.restore(step, args=ocp.args.Composite(**{
             PARAMS: ocp.args.StandardRestore(params_target), OPT_STATE: ocp.args.StandardRestore(abstract_opt_state),
             DATA_STATE: ocp.args.JsonRestore()}))
-        out = {**{k: restored[k] for k in (PARAMS, OPT_STATE, DATA_STATE)}, TRAIN_STATE: train_state}
+        out = {**{k: restored[k] for k in (PARAMS, OPT_STATE, DATA_STATE)}, TRAIN_STATE: record}
         params = out[PARAMS]
         out[FROZEN] = (load_frozen(self.step_dir(step), groups, abstract_frozen) if groups
                        else {g: params[g] for g in abstract_frozen})

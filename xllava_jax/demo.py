@@ -232,11 +232,11 @@ def finish(workdir: Path, checkpoint: str, paths: dict[str, Path], template: str
     from xllava_jax.jsonl import read_jsonl
     from xllava_jax.eval.runner import ANSWERS_FILE, evaluate
     from xllava_jax.infer.generate import GenerationConfig
-    from xllava_jax.infer.loading import load_model
-    from xllava_jax.tokenizer.spm import load_tokenizer
+    from xllava_jax.checkpoint import carried_tokenizer
+    from xllava_jax.infer.loading import load_model, load_tokenizer_for
     start = time.perf_counter()
     model, params = load_model(checkpoint)
-    tok = load_tokenizer(paths["tokenizer"])
+    tok = load_tokenizer_for(checkpoint)  # the tokenizer the checkpoint carries
     records = list(read_jsonl(paths["questions"]))
     scores = evaluate(model, params, tok, "gqa", records, image_root=str(paths["root"]), template=template,
                       config=GenerationConfig(max_new_tokens=16), out_dir=workdir / "eval", instruction="",
@@ -244,7 +244,7 @@ def finish(workdir: Path, checkpoint: str, paths: dict[str, Path], template: str
     seconds["eval"] = time.perf_counter() - start
     start = time.perf_counter()
     hf_dir = workdir / "hf"
-    save_hf_llava(model, params, hf_dir, tokenizer_dir=paths["tokenizer"])
+    save_hf_llava(model, params, hf_dir, tokenizer_dir=carried_tokenizer(checkpoint), template=template)
     check = verify_llava_export(model, params, hf_dir, export_inputs(model, tok, records[:4], paths["root"], template))
     if check["transformers_max_abs_diff"] is not None:  # torch is installed: the AutoProcessor path too
         check["processor"] = processor_accuracy(hf_dir, model, tok, records, paths["root"], template,

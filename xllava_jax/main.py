@@ -56,11 +56,13 @@ def main(argv: list[str]) -> int:
     logging.getLogger().setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     from xllava_jax import demo
-    from xllava_jax.train.loop import NonFiniteError, run
+    from xllava_jax.train.defaults import recipe_of
+    from xllava_jax.train.hooks import NonFiniteError
+    from xllava_jax.train.loop import run
     from xllava_jax.train.validate import ConfigError
     config = _CONFIG.value
     try:
-        results = (demo.run if config.get("assets") == "demo" else run)(config, _WORKDIR.value)
+        results = (demo.run if recipe_of(config) == "demo" else run)(config, _WORKDIR.value)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -120,7 +122,7 @@ def cli(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - every flag problem is the user's
             raise flag_error(e, args) from e
         try:
-            _CONFIG.value.get("stages")  # a config file that failed to load raises here
+            _CONFIG.value.stages  # a config file that failed to load raises here
         except OSError as e:
             reason = str(e).strip().splitlines()[-1].strip()
             raise UserError(f"--config {flags.FLAGS['config'].config_filename}: cannot load it ({reason})") from e

@@ -23,6 +23,7 @@ from xllava_jax.models.vocab import INIT_METHODS
 from xllava_jax import checkpoint
 
 log = logging.getLogger("xllava_jax.convert")
+DEFAULT_EXPORT_TEMPLATE = "vicuna_v1"  # chat template of an export whose checkpoint records none
 
 
 def hf_to_orbax(args: argparse.Namespace) -> None:
@@ -46,16 +47,25 @@ def hf_to_orbax(args: argparse.Namespace) -> None:
     log.info("wrote %s (%s)", out, type(cfg).__name__)
 
 
+def export_template(path: str) -> str:
+    """The chat template an export of the checkpoint at `path` gets: the one it was trained with, else
+    DEFAULT_EXPORT_TEMPLATE (a checkpoint that training did not write)."""
+    return checkpoint.read_record(path).template or DEFAULT_EXPORT_TEMPLATE
+
+
 def orbax_to_hf(args: argparse.Namespace) -> None:
-    """Export an Orbax checkpoint (a step or a workdir: its latest step) to an HF directory."""
+    """Export an Orbax checkpoint (a step or a workdir: its latest step) to an HF directory, with the tokenizer
+    and conversation template it was trained with unless flags say otherwise."""
     cfg, params = checkpoint.load_params(args.checkpoint)
+    tokenizer_dir = args.tokenizer_dir or checkpoint.carried_tokenizer(args.checkpoint)
+    template = args.template if args.template is not None else export_template(args.checkpoint)
     if args.dtype:
         params, cfg = hf.cast_params(params, args.dtype), with_param_dtype(cfg, args.dtype)
     if isinstance(cfg, LlavaConfig):
-        hf.save_hf_llava(cfg, params, args.out, tokenizer_dir=args.tokenizer_dir, layout=args.layout,
-                         template=args.template or None)
+        hf.save_hf_llava(cfg, params, args.out, tokenizer_dir=tokenizer_dir, layout=args.layout,
+                         template=template or None)
     else:
-        hf.save_hf_llama(cfg, params, args.out, tokenizer_dir=args.tokenizer_dir)
+        hf.save_hf_llama(cfg, params, args.out, tokenizer_dir=tokenizer_dir)
     log.info("wrote %s", args.out)
 
 
@@ -81,7 +91,8 @@ def parser() -> argparse.ArgumentParser:
     source = a.add_mutually_exclusive_group(required=True)
     source.add_argument("--hf_dir", help="a LlavaForConditionalGeneration or LlamaForCausalLM directory")
     source.add_argument("--llama_dir", help="an HF LLaMA/Vicuna directory (with --clip_dir): a fresh LLaVA")
-    a.add_argument("--clip_dir", help="an HF CLIPVisionModel or CLIPModel directory")
+    a.add_argument("--clip_dir", help="an HF CLIPVisionModel or CLIPModel directory (needed with --llama_dir; "
+                                      "default: none)")
     a.add_argument("--projector_type", default="mlp2x_gelu", help="projector of a fresh LLaVA")
     a.add_argument("--new_rows_init", default="mean", help="init of the <image>/<pad> rows: mean | mean_cov | normal")
     a.add_argument("--seed", type=int, default=0, help="seed of the fresh projector")
@@ -92,10 +103,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a workdir (latest step)")
     b.add_argument("--out", required=True, help="output HF directory (written whole or not at all)")
     b.add_argument("--tokenizer_dir", help="the checkpoint's HF tokenizer directory: exported to tokenize like "
-                                           "training (legacy), with the processor config and chat template")
-    b.add_argument("--template", default="vicuna_v1",
+                                           "training (legacy), with the processor config and chat template "
+                                           "(default: the tokenizer the checkpoint carries, else none)")
+    b.add_argument("--template", default=None,
                    help="the conversation template the model was trained with: the export's chat_template "
-                        "(vicuna_v1, llava_llama_2, plain; '' for none)")
+                        "(vicuna_v1, llava_llama_2, plain; '' for none; default: the checkpoint's training "
+                        f"template, else {DEFAULT_EXPORT_TEMPLATE})")
     b.add_argument("--layout", default="llava-hf", choices=sorted(LLAVA_PREFIXES), help="LLaVA key layout")
     b.add_argument("--dtype", choices=sorted(DTYPES), help="cast params (default: keep the checkpoint's dtype)")
     b.set_defaults(fn=orbax_to_hf)
@@ -108,7 +121,8 @@ def parser() -> argparse.ArgumentParser:
     size.add_argument("--tokenizer", help="HF tokenizer directory: its size (pieces + added tokens) and, for LLaVA, its "
                                  "<image>/<pad> ids; copied into an HF output")
     g.add_argument("--method", default="mean", choices=INIT_METHODS, help="initialisation of the new rows")
-    g.add_argument("--pad_to_multiple", type=int, help="round the vocabulary up to a multiple (e.g. 64)")
+    g.add_argument("--pad_to_multiple", type=int, help="round the vocabulary up to a multiple (e.g. 64; default: "
+                                                        "no rounding)")
     g.add_argument("--seed", type=int, default=0, help="seed of mean_cov / normal")
     g.add_argument("--out", required=True, help="output checkpoint or HF directory")
     g.set_defaults(fn=run_grow)

@@ -53,14 +53,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="LLaVA JSON/JSONL, or a text corpus (.txt, or JSONL with text)")
     p.add_argument("--checkpoint", default=None,
                    help="the model the data is for (Orbax checkpoint, training workdir or HF export): image tokens, "
-                        "template and tokenizer are read from it; flags that disagree with it are warned about")
+                        "template and tokenizer are read from it; flags that disagree with it are warned about (default: none)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer.model or an HF tokenizer directory (default: the --checkpoint's)")
     p.add_argument("--template", default=None,
                    help=f"conversation template (default: the --checkpoint's, else {DEFAULTS['template']})")
-    p.add_argument("--image_root", default=None, help="directory the records' image paths are relative to")
-    p.add_argument("--lang", default=None, help="language to pick from parallel {lang: text} values")
-    p.add_argument("--limit", type=int, default=None, help="only the first N records")
+    p.add_argument("--image_root", default=None, help="directory the records' image paths are relative to (default: none: as written)")
+    p.add_argument("--lang", default=None, help="language to pick from parallel {lang: text} values (default: none: such records are "
+                                                  "skipped and counted)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N records (default: all)")
     p.add_argument("--image_tokens", type=int, default=None,
                    help=f"tokens per image (default: the --checkpoint's, else {DEFAULTS['image_tokens']})")
     p.add_argument("--max_len", type=int, default=2048, help="sequence length samples are truncated to")
@@ -88,14 +89,13 @@ def model_settings(checkpoint: str) -> dict:
         cfg = ckpt.load_config(step)
         if isinstance(cfg, LlavaConfig):
             out["image_tokens"] = cfg.num_image_tokens
-        state = step / ckpt.TRAIN_STATE / "metadata"  # the training step's JSON item
-        if state.is_file() and json.loads(state.read_text()).get("template"):
-            out["template"] = json.loads(state.read_text())["template"]
+        template = ckpt.read_record(step).template
+        if template:
+            out["template"] = template
         directory = step
-    for d in (directory, path):
-        if (d / "tokenizer.model").is_file():
-            out["tokenizer"] = str(d)
-            break
+    carried = ckpt.carried_tokenizer(path)
+    if carried is not None:
+        out["tokenizer"] = str(carried)
     jinja = (directory / "chat_template.jinja")
     text = jinja.read_text() if jinja.is_file() else None
     if text is None and (directory / "tokenizer_config.json").is_file():
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_stats)
     p = sub.add_parser("pack", help="JSON + image folder -> ArrayRecord shards with inline images")
     p.add_argument("--data", required=True, help="LLaVA JSON/JSONL (or a text corpus)")
-    p.add_argument("--image_root", default=None, help="directory the records' image paths are relative to")
+    p.add_argument("--image_root", default=None, help="directory the records' image paths are relative to (default: none: as written)")
     p.add_argument("--out", required=True, help="output directory of the shards (written whole or not at all)")
     p.add_argument("--num_shards", type=int, default=1, help="number of ArrayRecord shards")
     p.add_argument("--parallel", action="store_true", help="records are parallel {lang: text} (kept as such)")

@@ -21,10 +21,13 @@ from xllava_jax.infer.sampling import SamplingConfig
 from xllava_jax.sharding import make_mesh
 
 
+STEPS_PER_CALL_HELP = "decode steps per jitted call (0 = all at once"
+
+
 def add_model_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     """Flags shared by every command that generates: model, tokenizer, template, sampling, batch, mesh."""
     p.add_argument("--checkpoint", required=True, help="Orbax checkpoint, training workdir (latest step) or HF dir")
-    p.add_argument("--tokenizer", help="tokenizer.model or HF tokenizer dir (default: the checkpoint dir)")
+    p.add_argument("--tokenizer", help="tokenizer.model or HF tokenizer dir (default: the one the checkpoint carries)")
     p.add_argument("--template", help="conversation template (vicuna_v1, llava_llama_2, ...; default: the one the "
                                       "checkpoint was trained with, else vicuna_v1)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype (default: config's)")
@@ -39,8 +42,8 @@ def add_model_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--batch_size", type=int, default=8, help="prompts generated together")
     p.add_argument("--steps_per_call", type=int, default=DEFAULT_STEPS_PER_CALL,
-                   help="decode steps per jitted call (0 = all at once; default: auto, all at once unless "
-                        "stop strings or streaming read text between calls)")
+                   help=f"{STEPS_PER_CALL_HELP}; default: auto, all at once unless stop strings or streaming read "
+                        "text between calls)")
 
 
 def generation_config(args: argparse.Namespace, **overrides) -> GenerationConfig:
@@ -104,13 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add_subparsers(p)
     c = sub.add_parser("chat", help="multi-turn chat (one user turn per stdin line; /reset, /exit)")
     add_model_args(c, max_new_tokens=512)
-    c.add_argument("--image", help="image to talk about (omit for text-only chat)")
-    c.set_defaults(steps_per_call=1)  # hand out every token as it comes
+    c.add_argument("--image", help="image to talk about (default: none: text-only chat)")
+    for action in c._actions:  # chat hands out every token as it comes
+        if action.dest == "steps_per_call":
+            action.default, action.help = 1, f"{STEPS_PER_CALL_HELP})"
     c.set_defaults(fn=cmd_chat)
     g = sub.add_parser("generate", help="answer a LLaVA question JSONL (question_id, image, text)")
     add_model_args(g, max_new_tokens=128)
     g.add_argument("--questions", required=True, help="question JSONL")
-    g.add_argument("--image_root", help="directory the question images are relative to")
+    g.add_argument("--image_root", help="directory the question images are relative to (default: none: as written)")
     g.add_argument("--out", required=True, help="answer JSONL (appended; answered ids are skipped)")
     g.add_argument("--model_id", help="model_id written in each answer (default: the checkpoint path)")
     g.add_argument("--word_limit", type=int, help="ask for answers of at most this many words (a line after each "

@@ -78,7 +78,7 @@ def checkpoint_identity(params: Any, path: str | os.PathLike | None = None) -> d
     if path is not None:
         try:
             directory = ckpt.resolve(path).absolute()
-            out["path"], out["step"] = str(directory), ckpt.load_train_state(directory).get("step")
+            out["path"], out["step"] = str(directory), ckpt.read_record(directory).step
         except FileNotFoundError:  # an HF directory
             out["path"], out["step"] = os.path.abspath(path), None
     out["params_fingerprint"] = params_fingerprint(params)

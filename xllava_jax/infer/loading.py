@@ -15,6 +15,7 @@ from xllava_jax.models.llama import Llama, LlamaConfig
 from xllava_jax.models.llava import Llava, LlavaConfig
 from xllava_jax.models.params import abstract_params, build_model, param_logical_axes
 from xllava_jax.tokenizer.spm import Tokenizer, load_tokenizer
+from xllava_jax import checkpoint as ckpt
 from xllava_jax.checkpoint import load_config, load_params
 from xllava_jax.sharding import tree_shardings
 
@@ -61,7 +62,8 @@ def load_tokenizer_for(checkpoint: str | os.PathLike, tokenizer: str | os.PathLi
         if not os.path.exists(tokenizer):
             raise FileNotFoundError(f"tokenizer {tokenizer} does not exist")
         return load_tokenizer(tokenizer)
-    if (Path(checkpoint) / "tokenizer.model").is_file():
-        return load_tokenizer(checkpoint)
+    carried = ckpt.carried_tokenizer(checkpoint)
+    if carried is not None:
+        return load_tokenizer(carried)
     raise FileNotFoundError(f"checkpoint {checkpoint} carries no tokenizer.model; pass --tokenizer "
                             "(a tokenizer.model file or a Hugging Face tokenizer directory)")

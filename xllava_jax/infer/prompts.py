@@ -21,13 +21,13 @@ DEFAULT_TEMPLATE = "vicuna_v1"
 
 
 def trained_prompting(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """{"template", "instruction"} a training checkpoint was trained with (saved in its train_state); {} for
+    """{"template", "instruction"} a training checkpoint was trained with (its TrainRecord); {} for
     other checkpoints (HF directories, converted weights) or keys that were not recorded."""
     try:
-        state = ckpt.load_train_state(checkpoint)
+        record = ckpt.read_record(checkpoint)
     except FileNotFoundError:
         return {}
-    return {k: state[k] for k in ("template", "instruction") if state.get(k) is not None}
+    return {k: getattr(record, k) for k in ("template", "instruction") if getattr(record, k) is not None}
 
 
 def with_image_placeholder(text: str, has_image: bool) -> str:

@@ -69,7 +69,8 @@ def parser() -> argparse.ArgumentParser:
     source = e.add_mutually_exclusive_group(required=True)
     flag(source, "add-vocab", help="word list, BERT/WordPiece vocab.txt (KoBERT), or SentencePiece vocabulary")
     flag(source, "train-corpus", help="text file: train a SentencePiece model on it and merge its pieces")
-    flag(e, "new-pieces", type=int, help="number of new pieces (required with --train-corpus; a cap otherwise)")
+    flag(e, "new-pieces", type=int, help="number of new pieces (required with --train-corpus; a cap otherwise; "
+                                         "default: no cap)")
     flag(e, "vocab-format", default="auto", choices=expansion.VOCAB_FORMATS, help="format of --add-vocab")
     flag(e, "train-vocab-size", type=int, help="vocabulary size trained on the corpus (default N*1.25+100)")
     flag(e, "character-coverage", type=float, default=0.9995, help="SentencePiece training character coverage")

@@ -4,6 +4,11 @@ A config file (configs/*.py) calls `base_config(stage)` and changes what differs
 are used only when `init.source == "random"`; otherwise the architecture comes from the HF
 directories or the checkpoint, and only the execution settings (dtype, attention, scan, remat)
 of `model` are applied on top.
+
+The schema is locked: `base_config` returns a locked ConfigDict (a config file that sets a key defined
+here nowhere fails where it sets it, naming the key), and `train.validate` checks any config against it
+(a key it does not define, or one it lacks, is an error naming the key). The keys a run has besides its
+stage settings are `stages` and `recipe` (`stage_list`, `with_recipe`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from xllava_jax.sharding import DEFAULT_RULES
 
 # Parameter groups (top-level keys of a LLaVA's params) trained by default in each stage.
 STAGE_TRAINABLE = {0: "language_model", 1: "projector", 2: "projector,language_model"}
+TEXT_FORMATS = ("text", "tfds")  # data.format values holding text documents (stage 0)
+CONVERSATION_FORMATS = ("llava", "arrayrecord")  # data.format values holding conversations (stages 1 and 2)
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -59,13 +66,19 @@ def init_config() -> ml_collections.ConfigDict:
 def data_config() -> ml_collections.ConfigDict:
     """Training data: files, their weights and languages, template, length, packing, images, LRM task mix."""
     d = ml_collections.ConfigDict()
-    d.format = "llava"  # llava (conversations; parallel files pick `langs`) | text (stage 0 corpora)
-    d.files = ()  # data files (LLaVA JSON/JSONL, or .txt/.jsonl text); relative to data.root
+    # llava: LLaVA JSON/JSONL conversations (parallel files pick `langs`); text: .txt/.jsonl corpora (stage 0);
+    # arrayrecord: shard directories (or .array_record files) written by `python -m xllava_jax.data pack`;
+    # tfds: TFDS text datasets, each file 'name' or 'name:split' (data_dir: data.root; stage 0)
+    d.format = "llava"
+    d.files = ()  # data files (see format); relative to data.root
     d.weights = ()  # mixture weight per file (empty: concatenate)
     d.langs = ()  # language per file for parallel {lang: text} files ('' = a plain file); empty: all plain
     d.root = ""  # directory that relative files and image paths are resolved against
     d.image_root = ""  # image directory (default: data.root)
     d.template = "vicuna_v1"  # conversation template: plain | vicuna_v1 | llava_llama_2
+    # the instruction line the data's short-answer questions end with (recorded with each checkpoint: evaluation
+    # asks such questions with it; None = not known, evaluation uses each benchmark's own, '' = none)
+    d.instruction = ml_collections.config_dict.placeholder(str)
     d.max_len = 2048  # tokens per row
     d.length_buckets = ()  # pad each batch to the smallest of these lengths that fits (one compile each); () = max_len
     d.pack = False  # pack several samples into a row (segment ids keep them apart); epochs count packed rows
@@ -129,8 +142,40 @@ def base_config(stage: int = 1) -> ml_collections.ConfigDict:
         tensorboard=True,  # TensorBoard events in DIR/tensorboard
         peak_tflops=0.0,  # per-device peak for MFU (989 for H100/H200 bf16); 0 = MFU not reported
     ))
-    c.stages = ()  # a stage list: names of sub-configs run in order in DIR/<name> (see README "Training")
-    c.assets = ""  # 'demo': write the synthetic dataset and tokenizer into data.root first
+    c.stages = ()  # a stage list (stage_list) names its sub-configs here; a single stage has none
+    c.lock()
+    return c
+
+
+# What wraps a run besides the stage loop: '' nothing; 'demo' (xllava_jax.demo.run) writes the demo's dataset and
+# tokenizers into data.root first and, for the whole stage list, evaluates and exports at the end.
+RECIPES = ("", "demo")
+RUN_KEYS = ("stages", "recipe")  # the keys of a stage list besides its stages; `recipe` also on a single stage
+
+
+def with_recipe(c: ml_collections.ConfigDict, recipe: str) -> ml_collections.ConfigDict:
+    """`c` (a stage config or a stage list) run under `recipe` (one of RECIPES)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe {recipe!r}; expected one of {RECIPES}")
+    with c.unlocked():
+        c.recipe = recipe
+    return c
+
+
+def recipe_of(c: ml_collections.ConfigDict) -> str:
+    """The recipe a config runs under ('' when it names none)."""
+    return c.recipe if "recipe" in c else ""
+
+
+def stage_list(stages: dict[str, ml_collections.ConfigDict], recipe: str = "") -> ml_collections.ConfigDict:
+    """A stage list: each stage config run in order in DIR/<name>, a stage with init.source 'previous' starting
+    from the one before (see README "Training")."""
+    c = ml_collections.ConfigDict()
+    c.stages = tuple(stages)
+    for name, stage in stages.items():
+        c[name] = stage
+    with_recipe(c, recipe)
+    c.lock()
     return c
 
 

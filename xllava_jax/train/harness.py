@@ -88,5 +88,5 @@ def stage_harness(config: ml_collections.ConfigDict, cfg: ModelConfig, total_ste
     from xllava_jax.train.validate import trainable_groups
     return make_harness(cfg, trainable_groups(config), config.optim, total_steps, mesh, config.logical_axis_rules,
                         config.train.grad_accum, config.train.consistency_weight, config.train.consistency_text_grad,
-                        config.model.get("frozen_dtype", ""))
+                        config.model.frozen_dtype)
 

@@ -3,11 +3,18 @@
 The tokenizer decides the vocabulary: a decoder smaller than the (possibly expanded) tokenizer
 grows new embedding and LM-head rows (models/vocab.py), which is how vocabulary expansion enters
 stage 0. The config's execution settings (dtype, attention, scan, remat) always apply.
+
+`model_config` is the one place a training config and tower sizes become a model config; `random_config`
+(config.model's sizes) and `resolve_model_config` (the model a stage trains, sized without loading weights:
+AOT compiles, memory plans) go through it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import types
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -17,6 +24,7 @@ from xllava_jax.models.clip import CLIPVisionConfig
 from xllava_jax.models.llama import LlamaConfig
 from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.models.params import ModelConfig, init_group, init_params
+from xllava_jax.models.presets import text_preset, vision_preset
 from xllava_jax.models.vocab import check_tokenizer, grow_vocab, padded_size
 from xllava_jax.tokenizer.spm import Tokenizer
 from xllava_jax import checkpoint
@@ -42,22 +50,104 @@ def with_exec(cfg: ModelConfig, m: ml_collections.ConfigDict) -> ModelConfig:
     return dataclasses.replace(cfg, **kw)
 
 
-def random_text_config(m: ml_collections.ConfigDict, tok: Tokenizer, pad_to: int) -> LlamaConfig:
-    """The decoder of config.model.text; vocab_size -1 = the tokenizer's vocabulary, padded."""
-    text = dict(m.text)
+def llava_config(config: ml_collections.ConfigDict, vision: CLIPVisionConfig, text: LlamaConfig, image_token_id: int,
+                 pad_token_id: int) -> LlavaConfig:
+    """A LLaVA of two towers with the config's projector and feature layer."""
+    return LlavaConfig(vision=vision, text=text, projector_type=config.model.projector_type,
+                       image_token_id=image_token_id, pad_token_id=pad_token_id,
+                       vision_feature_layer=config.model.vision_feature_layer)
+
+
+def model_config(config: ml_collections.ConfigDict, text: dict, vision: dict, tok: Any) -> ModelConfig:
+    """The model of config.model.kind from tower sizes (`text`: LlamaConfig fields, vocab_size -1 = the
+    tokenizer's; `vision`: CLIPVisionConfig fields), with the config's execution settings; `tok` gives the
+    vocabulary size and the <image>/<pad> ids."""
+    text = dict(text)
     if text["vocab_size"] == -1:
-        text["vocab_size"] = padded_size(tok.vocab_size, pad_to)
-    return LlamaConfig(**text, **exec_kwargs(m))
+        text["vocab_size"] = padded_size(tok.vocab_size, config.init.pad_vocab_to)
+    decoder = LlamaConfig(**text, **exec_kwargs(config.model))
+    if config.model.kind == "llama":
+        return decoder
+    return llava_config(config, CLIPVisionConfig(**vision, **exec_kwargs(config.model)), decoder, tok.image_token_id,
+                        tok.pad_id)
 
 
 def random_config(config: ml_collections.ConfigDict, tok: Tokenizer) -> ModelConfig:
     """The model config of config.model (init.source 'random')."""
-    text = random_text_config(config.model, tok, config.init.pad_vocab_to)
-    if config.model.kind == "llama":
-        return text
-    return LlavaConfig(vision=CLIPVisionConfig(**dict(config.model.vision), **exec_kwargs(config.model)), text=text,
-                       projector_type=config.model.projector_type, image_token_id=tok.image_token_id,
-                       pad_token_id=tok.pad_id, vision_feature_layer=config.model.vision_feature_layer)
+    return model_config(config, dict(config.model.text), dict(config.model.vision), tok)
+
+
+class UnknownArchitecture(ValueError):
+    """A config whose model cannot be sized without its weights (the message says what to give)."""
+
+
+ADDED_TOKENS = 2  # <image> and <pad>, appended to an HF tokenizer by tokenizer/spm.py
+TEXT_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+               "vocab_size", "rms_norm_eps", "rope_theta", "max_position_embeddings", "tie_word_embeddings")
+
+
+def _hf_json(path: str) -> dict | None:
+    """config.json of an HF directory on disk, else None."""
+    p = Path(path) / "config.json" if path else None
+    return json.loads(p.read_text()) if p is not None and p.is_file() else None
+
+
+def _text_sizes(config: ml_collections.ConfigDict) -> dict:
+    """Decoder sizes: init.llama_dir's config.json, else the preset of its (or the tokenizer's) name."""
+    for path in (config.init.llama_dir, config.tokenizer):
+        raw = _hf_json(path)
+        if raw and "hidden_size" in raw:
+            return {k: raw[k] for k in TEXT_FIELDS if k in raw}
+        if text_preset(path):
+            return text_preset(path)
+    raise UnknownArchitecture(
+        f"cannot tell the LLM's architecture: init.llama_dir={config.init.llama_dir!r} and tokenizer="
+        f"{config.tokenizer!r} are neither HF directories on disk nor known names (models/presets.py); give a "
+        "directory with config.json, or init.source=random with model.text sizes")
+
+
+def _vision_sizes(config: ml_collections.ConfigDict) -> dict:
+    """Vision sizes: init.clip_dir's config.json, else its preset, else config.model.vision."""
+    vision = dict(config.model.vision)
+    clip = _hf_json(config.init.clip_dir)
+    clip = clip.get("vision_config", clip) if clip else vision_preset(config.init.clip_dir)
+    vision.update({k: clip[k] for k in vision if k in clip} if clip else {})
+    return vision
+
+
+def _tokenizer_stub(config: ml_collections.ConfigDict, base_vocab: int) -> Any:
+    """The config's tokenizer when on disk, else what an HF tokenizer of `base_vocab` pieces becomes (<image>
+    and <pad> appended)."""
+    if config.tokenizer and Path(config.tokenizer).exists():
+        from xllava_jax.tokenizer.spm import load_tokenizer
+        return load_tokenizer(config.tokenizer)
+    base = (text_preset(config.tokenizer) or {"vocab_size": base_vocab})["vocab_size"]
+    return types.SimpleNamespace(vocab_size=base + ADDED_TOKENS, image_token_id=base, pad_id=base + 1)
+
+
+def resolve_model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    """The model config a stage trains (architecture and the config's execution settings), without loading
+    weights: from the checkpoint it starts from, the HF directories' config.json, the presets of the names it
+    gives (models/presets.py), or config.model (init.source random). UnknownArchitecture when none says."""
+    source = config.init.source
+    if source == "checkpoint" and config.init.checkpoint and Path(config.init.checkpoint).exists():
+        cfg = checkpoint.load_config(checkpoint.resolve(config.init.checkpoint))
+        if isinstance(cfg, LlamaConfig) and config.model.kind == "llava":
+            cfg = llava_config(config, CLIPVisionConfig(**_vision_sizes(config)), cfg, cfg.vocab_size - 2,
+                               cfg.vocab_size - 1)
+        return with_exec(cfg, config.model)
+    if source == "random":
+        vocab = config.model.text.vocab_size
+        if vocab == -1 and not (config.tokenizer and Path(config.tokenizer).exists()):
+            raise UnknownArchitecture(f"init.source=random with model.text.vocab_size=-1 needs the tokenizer on "
+                                      f"disk (tokenizer={config.tokenizer!r})")
+        on_disk = config.tokenizer and Path(config.tokenizer).exists()
+        return random_config(config, _tokenizer_stub(config, 0) if on_disk else types.SimpleNamespace(
+            vocab_size=vocab, image_token_id=vocab - 2, pad_id=vocab - 1))
+    text = _text_sizes(config)
+    tok = _tokenizer_stub(config, text["vocab_size"])
+    text["vocab_size"] = padded_size(max(tok.vocab_size, text["vocab_size"]), config.init.pad_vocab_to)
+    return model_config(config, text, _vision_sizes(config), tok)
 
 
 def grow_to_tokenizer(cfg: ModelConfig, params: dict, tok: Tokenizer, config: ml_collections.ConfigDict
@@ -82,9 +172,7 @@ def as_llava(text: LlamaConfig, lm: dict, config: ml_collections.ConfigDict, tok
         vision = vision_model.cfg
     else:
         vision, vision_params = CLIPVisionConfig(**dict(config.model.vision)), None
-    cfg = LlavaConfig(vision=vision, text=text, projector_type=config.model.projector_type,
-                      image_token_id=tok.image_token_id, pad_token_id=tok.pad_id,
-                      vision_feature_layer=config.model.vision_feature_layer)
+    cfg = llava_config(config, vision, text, tok.image_token_id, tok.pad_id)
     key = jax.random.PRNGKey(config.seed)
     host = lambda group: jax.tree_util.tree_map(np.asarray, init_group(cfg, group, key))  # noqa: E731
     return cfg, {"vision_tower": vision_params or host("vision_tower"), "projector": host("projector"),

@@ -19,14 +19,17 @@ import numpy as np
 from jax.sharding import Mesh
 
 from xllava_jax.data import formats
+from xllava_jax.data.arrayrecord import ArrayRecordSource
 from xllava_jax.data.mixture import Mixture
 from xllava_jax.data.multilingual import TaskMixConfig, build_task_mix
 from xllava_jax.data.pipeline import BatchSpec, make_pipeline
 from xllava_jax.data.processing import SampleProcessor
+from xllava_jax.data.tfds_source import TfdsTextSource
 from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.models.params import ModelConfig
 from xllava_jax.tokenizer.spm import Tokenizer
 from xllava_jax import sharding
+from xllava_jax.train.defaults import TEXT_FORMATS
 from xllava_jax.train.forward import row_slots
 
 
@@ -47,17 +50,25 @@ def parse_weights(spec: str) -> dict[str, float] | None:
     return out or None
 
 
+def load_file(d: ml_collections.ConfigDict, f: str, lang: str) -> Any:
+    """The random-access records of one entry of data.files, read as data.format says."""
+    if d.format == "tfds":  # 'name' or 'name:split', prepared under data.root (TFDS's own default when empty)
+        name, _, split = f.partition(":")
+        return TfdsTextSource(name, split or "train", d.root or None)
+    path = data_path(d, f)
+    if d.format == "text":
+        return formats.load_text(path)
+    if d.format == "arrayrecord":  # `data pack` shards: normalized records with their image bytes inline
+        return ArrayRecordSource(path)
+    return formats.load_llava(path, image_root=d.image_root or d.root or None, lang=lang or None)
+
+
 def load_records(d: ml_collections.ConfigDict, seed: int, verbose: bool = True) -> Any:
     """The random-access record source of a data config: its files (and task mix) as one Mixture."""
     image_root = d.image_root or d.root or None
     sources, weights = [], []
     for i, f in enumerate(d.files):
-        path = data_path(d, f)
-        if d.format == "text":
-            sources.append(formats.load_text(path))
-        else:
-            lang = d.langs[i] if d.langs else ""
-            sources.append(formats.load_llava(path, image_root=image_root, lang=lang or None))
+        sources.append(load_file(d, f, d.langs[i] if d.langs else ""))
         weights.append(float(d.weights[i]) if d.weights else float(len(sources[-1])))
     if d.task_mix.files:
         parallel = [r for f in d.task_mix.files for r in formats.load_parallel(data_path(d, f), image_root)]
@@ -111,7 +122,7 @@ def rows_per_epoch(d: ml_collections.ConfigDict, source: Any, tok: Tokenizer, cf
                    seed: int) -> int:
     """Global rows of one epoch: the records, or with packing or split text documents, the rows a tokens-only
     pass of epoch 0's pipeline makes (images not opened; the smallest shard times the processes)."""
-    if not (d.pack or (d.format == "text" and d.split_documents)):
+    if not (d.pack or (d.format in TEXT_FORMATS and d.split_documents)):
         return len(source)
     processor, spec = _processor_and_spec(d, tok, cfg, global_batch, load_images=False)
     spec = dataclasses.replace(spec, drop_remainder=False)

@@ -6,6 +6,7 @@ state, step, data-iterator position); otherwise the stage starts from `config.in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -20,22 +21,19 @@ import numpy as np
 from xllava_jax.models.llava import LlavaConfig
 from xllava_jax.tokenizer.spm import load_tokenizer
 from xllava_jax.train import inputs, trainable
-from xllava_jax.checkpoint import (FROZEN, FROZEN_GROUPS, TrainCheckpoints, all_process_states, load_config,
-                                   save_frozen, this_process_state)
+from xllava_jax.checkpoint import FROZEN, TrainCheckpoints, load_config, save_frozen, this_process_state
+from xllava_jax.models.params import ModelConfig
+from xllava_jax.sharding import make_mesh
 from xllava_jax.train.harness import Harness, stage_harness
+from xllava_jax.train.hooks import Checkpointing, Evaluation, Hooks, MetricsLog, NonFiniteStreak, Step
 from xllava_jax.train.initialize import initial_model, with_exec
 from xllava_jax.train.loss import modality_gap
-from xllava_jax.train.metrics import MetricsWriter, step_flops
-from xllava_jax.sharding import make_mesh
+from xllava_jax.train.metrics import MetricsWriter
 from xllava_jax.train.state import TrainState
 from xllava_jax.train.step import eval_step_fn, jit_eval_step
-from xllava_jax.train.validate import trainable_groups, validate
+from xllava_jax.train.validate import validate
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteError(RuntimeError):
-    """K non-finite steps in a row: the run stopped; the last good checkpoint is kept."""
 
 
 class Preempted:
@@ -71,12 +69,6 @@ class Preempted:
             signal.signal(signal.SIGTERM, self.previous)
 
 
-def _nonfinite(streak: int, step: int, config: ml_collections.ConfigDict, saved: int) -> NonFiniteError:
-    """The error that stops a run after `streak` non-finite steps in a row ending at `step`."""
-    return NonFiniteError(f"{streak} non-finite steps in a row at step {step} (train.max_nonfinite="
-                          f"{config.train.max_nonfinite}); last good checkpoint: step {saved}")
-
-
 def _abstract_batch(batch: dict) -> dict:
     """Shapes and dtypes of a global batch."""
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
@@ -92,10 +84,10 @@ def _resume(ckpts: TrainCheckpoints, step: int, h: Harness) -> tuple[TrainState,
     abstract = h.abstract_state()
     restored = ckpts.restore(step, _trained(h, abstract), abstract.opt_state, abstract.frozen)
     t, _ = trainable.split(restored["params"], h.groups, h.is_llava)
-    ts = restored["train_state"]
+    record = restored["train_state"]
     scalar = lambda v: jax.device_put(jnp.int32(v), h.shardings.step)  # noqa: E731
-    state = TrainState(scalar(ts["step"]), t, restored["frozen"], restored["opt_state"], scalar(ts["nonfinite_streak"]),
-                       scalar(ts["nonfinite_total"]))
+    state = TrainState(scalar(record.step), t, restored["frozen"], restored["opt_state"],
+                       scalar(record.nonfinite_streak), scalar(record.nonfinite_total))
     return state, this_process_state(restored["data_state"])
 
 
@@ -118,119 +110,127 @@ def evaluate(config: ml_collections.ConfigDict, eval_fn: Any, params: dict, cfg:
     return out
 
 
-def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: str = "") -> dict:
-    """Train one stage in `workdir` (resuming if it holds a checkpoint); returns the final step, metrics and
-    checkpoint path. `previous`: the checkpoint that init.source 'previous' starts from."""
-    validate(config, in_stage_list=bool(previous), check_paths=True)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+@dataclasses.dataclass
+class Stage:
+    """What a stage runs with: the mesh, tokenizer, model config, harness, checkpoints and data."""
+
+    mesh: Any
+    tok: Any
+    cfg: ModelConfig
+    harness: Harness
+    ckpts: TrainCheckpoints
+    source: Any  # the training records
+    total: int  # the stage's last step
+    images: bool  # batches carry pixels (a LLaVA in stage 1 or 2)
+    latest: int | None  # the step it resumes from
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: Path, previous: str) -> tuple[Stage, Any]:
+    """The stage of `config` in `workdir`, and the host params a fresh run starts from (None when resuming or
+    initialising randomly on the devices)."""
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    rules = tuple(tuple(r) for r in config.logical_axis_rules)
     tok = load_tokenizer(config.tokenizer)
-    groups = trainable_groups(config)
     ckpts = TrainCheckpoints(workdir, config.checkpoint.keep, config.checkpoint.async_save)
     latest = ckpts.latest_step()
     if latest is not None:
         cfg, host_params = with_exec(load_config(ckpts.step_dir(latest)), config.model), None
     else:
         cfg, host_params = initial_model(config, tok, previous)
-    is_llava = isinstance(cfg, LlavaConfig)
-    images = is_llava and config.stage in (1, 2)
-    slots = config.data.max_images_per_row
+    images = isinstance(cfg, LlavaConfig) and config.stage in (1, 2)
     source = inputs.load_records(config.data, config.seed)
     total = inputs.steps_for(config, len(source) if config.train.num_steps > 0 else inputs.rows_per_epoch(
         config.data, source, tok, cfg, config.train.batch_size, config.seed))
-    h = stage_harness(config, cfg, total, mesh)
-    data_state = None
-    if latest is not None:
-        state, data_state = _resume(ckpts, latest, h)
-        log.info("resumed %s at step %d", workdir, latest)
+    return Stage(mesh, tok, cfg, stage_harness(config, cfg, total, mesh), ckpts, source, total, images,
+                 latest), host_params
+
+
+def start_state(config: ml_collections.ConfigDict, workdir: Path, stage: Stage, host_params: Any
+                ) -> tuple[TrainState, Any]:
+    """The state the stage starts from (resumed, or initialised) and its data iterator; writes the frozen store
+    once per stage, at the precision the groups were loaded in (random ones, or a workdir written before the
+    store existed: as held)."""
+    h, data_state = stage.harness, None
+    if stage.latest is not None:
+        state, data_state = _resume(stage.ckpts, stage.latest, h)
+        log.info("resumed %s at step %d", workdir, stage.latest)
     else:
         state = h.init_state(host_params, config.seed)
-    if state.frozen and (latest is None or not (workdir / FROZEN).is_dir()):
-        # once per stage, at the precision they were loaded in (random ones, or a workdir written before the store
-        # existed: as held)
-        save_frozen(workdir, trainable.split(host_params, groups, is_llava)[1] if host_params is not None
-                    else state.frozen, cfg)
-    it = inputs.make_iterator(config.data, source, tok, cfg, config.train.batch_size, config.seed)
+    if state.frozen and (stage.latest is None or not (workdir / FROZEN).is_dir()):
+        save_frozen(workdir, trainable.split(host_params, h.groups, h.is_llava)[1] if host_params is not None
+                    else state.frozen, stage.cfg)
+    it = inputs.make_iterator(config.data, stage.source, stage.tok, stage.cfg, config.train.batch_size, config.seed)
     if data_state is not None:
         it.set_state(data_state)
-    step_fn = eval_fn = None
-    start = int(jax.device_get(state.step))
-    writer = MetricsWriter(workdir, total, start, config.log.progress, config.log.tensorboard)
-    last: dict[str, Any] = {}
-    saved = latest if latest is not None else -1
-    done = start
-    tick, ticked = time.perf_counter(), start
-    samples = 0
-    prior = None  # the last step's metrics: the non-finite streak is read one step behind
-    flops_of, window_flops = {}, 0.0  # model FLOPs per batch shape, and of the steps since the last log
+    return state, it
+
+
+def stage_hooks(config: ml_collections.ConfigDict, stage: Stage, writer: MetricsWriter, it: Any, start: int
+                ) -> tuple[Hooks, Checkpointing, MetricsLog]:
+    """The hooks of a stage in the order they run: non-finite streak, evaluation, metrics, checkpoints."""
+    h, eval_fn = stage.harness, None
+
+    def evaluate_state(state: TrainState, batch: dict) -> dict:
+        nonlocal eval_fn
+        if eval_fn is None:
+            eval_fn = jit_eval_step(eval_step_fn(stage.cfg), h.params(h.shardings), _abstract_batch(batch),
+                                    stage.mesh, tuple(tuple(r) for r in config.logical_axis_rules))
+        return evaluate(config, eval_fn, h.params(state), stage.cfg, stage.tok, stage.mesh, stage.images)
+
+    saving = Checkpointing(stage.ckpts, config, stage.cfg, lambda state: _trained(h, state), it.get_state,
+                           stage.latest if stage.latest is not None else -1)
+    streak = NonFiniteStreak(config.train.max_nonfinite, lambda: saving.saved)
+    metrics = MetricsLog(writer, config, stage.cfg, h.groups, start)
+    hooks = Hooks()
+    hooks.add_hook(streak.read)
+    hooks.add_hook(Evaluation(evaluate_state), every=config.eval.every_steps if config.eval_data.files else 0)
+    hooks.add_hook(metrics)
+    hooks.add_hook(streak.stop_if_over)
+    hooks.add_hook(saving)
+    return hooks, saving, metrics
+
+
+def run_stage(config: ml_collections.ConfigDict, workdir: str | Path, previous: str = "") -> dict:
+    """Train one stage in `workdir` (resuming if it holds a checkpoint); returns the final step, metrics and
+    checkpoint path. `previous`: the checkpoint that init.source 'previous' starts from."""
+    validate(config, in_stage_list=bool(previous), check_paths=True)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    stage, host_params = prepare(config, workdir, previous)
+    state, it = start_state(config, workdir, stage, host_params)
+    done = start = int(jax.device_get(state.step))
+    writer = MetricsWriter(workdir, stage.total, start, config.log.progress, config.log.tensorboard)
+    hooks, saving, metrics = stage_hooks(config, stage, writer, it, start)
+    step_fn = None
     try:
         with Preempted() as preempted:
-            for done in range(start + 1, total + 1):
-                try:
-                    local = next(it)
-                except StopIteration:
+            for done in range(start + 1, stage.total + 1):
+                local = next(it, None)
+                if local is None:  # a finite source ran out
                     done -= 1
                     break
-                batch = inputs.to_global(inputs.host_batch(local, cfg, slots, images), mesh)
-                samples += int(local["num_samples"]) * jax.process_count()
-                if step_fn is None:
-                    step_fn = h.jit_step(batch)
-                shape = batch["input_ids"].shape  # one per length bucket
-                if shape not in flops_of:
-                    flops_of[shape] = step_flops(cfg, groups, batch["input_ids"].size, shape[1],
-                                                 batch["pixel_values"].shape[0] * slots if images else 0)
-                window_flops += flops_of[shape]
-                state, metrics = step_fn(state, batch)
+                batch = inputs.to_global(inputs.host_batch(local, stage.cfg, config.data.max_images_per_row,
+                                                           stage.images), stage.mesh)
+                step_fn = step_fn or stage.harness.jit_step(batch)
+                state, out = step_fn(state, batch)
                 writer.advance()
-                stop = preempted.anywhere(done % config.train.sigterm_check_steps == 0 or done == total)
-                save = done % config.checkpoint.every_steps == 0 or done == total or stop
-                # no per-step wait for the device: read the previous step's streak (step `done` runs on while the
-                # host builds the next batch), this step's too only before a save
-                streak = int(jax.device_get(prior["nonfinite_streak"])) if prior is not None else 0
-                if streak >= config.train.max_nonfinite:
-                    raise _nonfinite(streak, done - 1, config, saved)
-                streak = int(jax.device_get(metrics["nonfinite_streak"])) if save else streak
-                prior = metrics
-                do_eval = bool(config.eval.every_steps and config.eval_data.files
-                               and done % config.eval.every_steps == 0)
-                if done % config.log.every_steps == 0 or done == total or stop or do_eval or streak:
-                    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    now = time.perf_counter()
-                    dt = (now - tick) / max(done - ticked, 1)
-                    last = {**m, "step_time_s": dt, "tokens_per_s": m["tokens"] / dt,
-                            "samples_per_s": samples / (now - tick), "nonfinite_total": int(state.nonfinite_total)}
-                    if config.log.peak_tflops > 0:
-                        peak = config.log.peak_tflops * 1e12 * jax.device_count()
-                        last["mfu"] = window_flops / (now - tick) / peak
-                    if do_eval:
-                        if eval_fn is None:
-                            eval_fn = jit_eval_step(eval_step_fn(cfg), h.params(h.shardings),
-                                                    _abstract_batch(batch), mesh, rules)
-                        last.update(evaluate(config, eval_fn, h.params(state), cfg, tok, mesh, images))
-                    writer.write(done, last)
-                    tick, ticked, samples, window_flops = time.perf_counter(), done, 0, 0.0
-                if streak >= config.train.max_nonfinite:
-                    raise _nonfinite(streak, done, config, saved)
-                if save:
-                    ckpts.save(done, _trained(h, state), state.opt_state,
-                               all_process_states(it.get_state()), {"step": done, "nonfinite_streak": streak,
-                                                FROZEN_GROUPS: sorted(state.frozen),
-                                                "nonfinite_total": int(state.nonfinite_total), "stage": config.stage,
-                                                "total_steps": total, "template": config.data.template,
-                                                "instruction": config.data.get("instruction")}, cfg)
-                    saved = done
+                stop = preempted.anywhere(done % config.train.sigterm_check_steps == 0 or done == stage.total)
+                hooks.run(Step(done, stage.total, state, out, batch, int(local["num_samples"]) * jax.process_count(),
+                               stop, saving.due(done, stage.total, stop)))
                 if stop:
                     break
     finally:
-        ckpts.close()
+        stage.ckpts.close()
         writer.close()
+    return stage_result(workdir, stage, it, done, saving.saved, metrics.last)
+
+
+def stage_result(workdir: Path, stage: Stage, it: Any, done: int, saved: int, last: dict) -> dict:
+    """What run_stage returns (and logs): the final step, metrics, checkpoint, model config and data counts."""
     stats = getattr(it, "stats", None)  # this process's data counts (skips by reason, truncations)
     if stats is not None:
         log.info("%s finished at step %d; data (this process): %s", workdir, done, stats.one_line())
-    return {"workdir": str(workdir), "step": done, "total_steps": total, "metrics": last,
-            "checkpoint": str(ckpts.step_dir(saved)) if saved >= 0 else None, "model_config": cfg,
+    return {"workdir": str(workdir), "step": done, "total_steps": stage.total, "metrics": last,
+            "checkpoint": str(stage.ckpts.step_dir(saved)) if saved >= 0 else None, "model_config": stage.cfg,
             **({"data": {k: v for k, v in stats.to_dict().items() if k in ("kept", "truncated", "skipped")}}
                if stats is not None else {})}
 

@@ -26,9 +26,6 @@ from xllava_jax.train import trainable
 from xllava_jax.train.forward import forward
 from xllava_jax.train.state import TrainState
 
-BATCH_AXES = ("data", "fsdp")
-
-
 def batch_shardings(batch_like: dict, mesh: Mesh) -> dict:
     """Every batch array sharded by row over (data, fsdp)."""
     return {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in batch_like.items()}
@@ -38,7 +35,7 @@ def microbatches(batch: dict, accum: int, mesh: Mesh) -> dict:
     """[B, ...] -> [accum, B / accum, ...], microbatch j holding rows j, j + accum, ..."""
     def split(x):
         x = jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
-        spec = PartitionSpec(None, BATCH_AXES, *([None] * (x.ndim - 2)))
+        spec = PartitionSpec(None, sharding.BATCH_AXES, *([None] * (x.ndim - 2)))
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
     return jax.tree_util.tree_map(split, batch)
 

@@ -12,7 +12,8 @@ import ml_collections
 from xllava_jax.cli import UserError
 from xllava_jax.data.templates import get_template
 from xllava_jax.models.layers import ATTENTION_IMPLEMENTATIONS, DTYPES, remat_policy
-from xllava_jax.train.defaults import STAGE_TRAINABLE
+from xllava_jax.train.defaults import (CONVERSATION_FORMATS, RECIPES, RUN_KEYS, STAGE_TRAINABLE, TEXT_FORMATS,
+                                       base_config)
 
 log = logging.getLogger(__name__)
 GROUPS = ("vision_tower", "projector", "language_model")
@@ -35,7 +36,7 @@ def override_problem(config: ml_collections.ConfigDict, key: str) -> str | None:
         if not isinstance(node, (ml_collections.ConfigDict, dict)):
             return f"--config.{key}: {where} is a value ({node!r}), it has no setting {part!r}"
         keys = sorted(node.keys())
-        if not done and config.get("stages"):
+        if not done and config.stages:
             stages = list(config.stages)
             return (f"--config.{key}: this config is a stage list (stages: {', '.join(stages)}); put the stage "
                     f"name first, e.g. --config.{stages[-1]}.{key}")
@@ -43,6 +44,56 @@ def override_problem(config: ml_collections.ConfigDict, key: str) -> str | None:
         hint = f"; did you mean --config.{'.'.join(done + close)}?" if close else f"; settings there: {', '.join(keys)}"
         return f"--config.{key}: no setting {part!r} in {'config.' + where if where else 'the config'}{hint}"
     return None
+
+
+def _nearest(key: str, keys: list[str]) -> str:
+    """'; did you mean X?' for the closest of `keys`, else ''."""
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def schema_problems(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
+                    where: str = "") -> list[str]:
+    """Keys of `config` that `schema` (train.defaults.base_config) does not define, and keys it defines that
+    `config` lacks, each named in full (e.g. 'data.instrucion')."""
+    p = []
+    for key in config.keys():
+        name = f"{where}{key}"
+        if key not in schema:
+            p.append(f"unknown setting {name}{_nearest(name, [where + k for k in schema.keys()])} (every setting "
+                     "is defined in xllava_jax/train/defaults.py)")
+        elif isinstance(schema[key], ml_collections.ConfigDict):
+            if isinstance(config[key], ml_collections.ConfigDict):
+                p += schema_problems(config[key], schema[key], f"{name}.")
+            else:
+                p.append(f"{name} is a group of settings, not a value ({config[key]!r})")
+    p += [f"missing setting {where}{k} (a config starts from train.defaults.base_config)"
+          for k in schema.keys() if k not in config]
+    return p
+
+
+def run_schema_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """Schema problems of a run config: a stage config (plus an optional `recipe`), or a stage list (`stages`,
+    `recipe` and the stages it names)."""
+    recipe = config.recipe if "recipe" in config else ""
+    p = [] if recipe in RECIPES else [f"recipe={recipe!r}; expected one of {RECIPES}"]
+    if "stages" in config and config.stages:
+        allowed = set(RUN_KEYS) | set(config.stages)
+        p += [f"unknown setting {k} in a stage list (its keys: stages, recipe and the stage names "
+              f"{', '.join(config.stages)})" for k in config.keys() if k not in allowed]
+        for name in config.stages:
+            if name in config:
+                p += [f"{name}: {e}" for e in _stage_schema_problems(config[name])]
+        return p
+    return p + _stage_schema_problems(config, run_level=True)
+
+
+def _stage_schema_problems(config: ml_collections.ConfigDict, run_level: bool = False) -> list[str]:
+    """Schema problems of one stage config (`recipe` allowed when it is the whole run)."""
+    if not isinstance(config, ml_collections.ConfigDict) or "stage" not in config:
+        return ["not a stage config (a config starts from train.defaults.base_config)"]
+    keys = [k for k in config.keys() if not (run_level and k == "recipe")]
+    return schema_problems(ml_collections.ConfigDict({k: config[k] for k in keys}), base_config(config.stage))
 
 
 def trainable_groups(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -83,7 +134,7 @@ def _stage_problems(config: ml_collections.ConfigDict) -> list[str]:
         p.append(f"init.source={src!r}; expected one of {INIT_SOURCES}")
     need = {"hf": ("llama_dir", "clip_dir"), "hf_llava": ("llava_dir",), "hf_llama": ("llama_dir",),
             "checkpoint": ("checkpoint",)}.get(src, ())
-    p += [f"init.source={src!r} needs init.{k}" for k in need if not config.init.get(k)]
+    p += [f"init.source={src!r} needs init.{k}" for k in need if not config.init[k]]
     if src == "hf_llama" and config.stage != 0:
         p.append(f"init.source='hf_llama' gives a bare decoder: only stage 0 trains it (stage={config.stage}); "
                  "use 'hf' with a clip_dir for stage 1")
@@ -101,21 +152,30 @@ def _starts_untrained(template: str) -> bool:
     return first.kind == "bos" and not first.trained
 
 
+def _either(values: tuple[str, ...]) -> str:
+    """"'a' or 'b'"."""
+    return " or ".join(repr(v) for v in values)
+
+
 def _data_problems(config: ml_collections.ConfigDict, name: str = "data") -> list[str]:
     """Data files, weights, template and packing."""
     d, p = config[name], []
-    if d.format not in ("llava", "text"):
-        p.append(f"{name}.format={d.format!r}; expected 'llava' or 'text'")
+    if d.format not in TEXT_FORMATS + CONVERSATION_FORMATS:
+        p.append(f"{name}.format={d.format!r}; expected one of {TEXT_FORMATS + CONVERSATION_FORMATS}")
     if name == "data" and not d.files and not d.task_mix.files:
         p.append("data.files and data.task_mix.files are both empty: nothing to train on")
     if d.weights and len(d.weights) != len(d.files):
         p.append(f"{name}.weights has {len(d.weights)} entries for {len(d.files)} files")
     if d.langs and len(d.langs) != len(d.files):
         p.append(f"{name}.langs has {len(d.langs)} entries for {len(d.files)} files")
-    if config.stage == 0 and d.format != "text" and d.files:
-        p.append(f"stage=0 is causal-LM pretraining: {name}.format must be 'text', got {d.format!r}")
-    if config.stage in (1, 2) and d.format == "text":
-        p.append(f"stage={config.stage} trains on conversations: {name}.format must be 'llava', got 'text'")
+    if d.langs and any(d.langs) and d.format != "llava":
+        p.append(f"{name}.langs picks a language of parallel LLaVA files; {name}.format={d.format!r} files hold "
+                 "one language each (pack one language, or leave langs empty)")
+    if config.stage == 0 and d.format not in TEXT_FORMATS and d.files:
+        p.append(f"stage=0 is causal-LM pretraining: {name}.format must be {_either(TEXT_FORMATS)}, got {d.format!r}")
+    if config.stage in (1, 2) and d.format in TEXT_FORMATS:
+        p.append(f"stage={config.stage} trains on conversations: {name}.format must be "
+                 f"{_either(CONVERSATION_FORMATS)}, got {d.format!r}")
     try:
         get_template(d.template)
     except Exception as e:  # noqa: BLE001 - the template registry names the problem
@@ -139,7 +199,7 @@ def _model_problems(config: ml_collections.ConfigDict) -> list[str]:
     for field in ("dtype", "param_dtype"):
         if m[field] not in DTYPES:
             p.append(f"model.{field}={m[field]!r}; expected one of {sorted(DTYPES)}")
-    if m.get("frozen_dtype", "") not in ("", *DTYPES):
+    if m.frozen_dtype not in ("", *DTYPES):
         p.append(f"model.frozen_dtype={m.frozen_dtype!r}; expected '' (= param_dtype) or one of {sorted(DTYPES)}")
     if m.attention not in ATTENTION_IMPLEMENTATIONS:
         p.append(f"model.attention={m.attention!r}; expected one of {ATTENTION_IMPLEMENTATIONS}")
@@ -227,7 +287,7 @@ def missing_paths(config: ml_collections.ConfigDict) -> list[str]:
     keys = {"hf": ("llama_dir", "clip_dir"), "hf_llava": ("llava_dir",), "hf_llama": ("llama_dir",),
             "checkpoint": ("checkpoint",)}.get(config.init.source, ())
     return [f"init.{k}={config.init[k]!r} does not exist" for k in keys
-            if config.init.get(k) and "://" not in config.init[k] and not os.path.exists(config.init[k])]
+            if config.init[k] and "://" not in config.init[k] and not os.path.exists(config.init[k])]
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, num_processes: int | None = None,
@@ -237,7 +297,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
     import jax
     num_devices = num_devices or jax.device_count()
     num_processes = num_processes or jax.process_count()
-    if config.get("stages"):
+    schema = run_schema_problems(config) if not in_stage_list else _stage_schema_problems(config)
+    if schema:  # the other checks read the settings the schema defines
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(schema))
+    if config.stages:
         found = []
         for i, name in enumerate(config.stages):
             if name not in config:
@@ -251,7 +314,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
         found = problems(config, num_devices, num_processes) + (missing_paths(config) if check_paths else [])
         if config.init.source == "previous" and not in_stage_list:
             found.append("init.source='previous' is only for stages of a stage list (config.stages)")
-    for stage in [config[n] for n in config.stages if n in config] if config.get("stages") else [config]:
+    for stage in [config[n] for n in config.stages if n in config] if config.stages else [config]:
         for warning in numeric_warnings(stage):
             log.warning(warning)
     if found:
