@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from xllava_jax.convert.hf_config import llava_to_hf  # noqa: E402
 from xllava_jax.convert.layout import LLAVA_PREFIXES, flatten, hf_key, is_stacked  # noqa: E402
+from xllava_jax.convert.safetensors_io import safetensors_header  # noqa: E402
 from xllava_jax.models.clip import CLIPVisionConfig  # noqa: E402
 from xllava_jax.models.llama import LlamaConfig  # noqa: E402
 from xllava_jax.models.llava import LlavaConfig  # noqa: E402
@@ -66,16 +67,9 @@ def hf_entries(cfg: LlavaConfig) -> list[tuple[str, tuple[int, ...], str]]:
 
 def write_random_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...], str]], seed: int = 0) -> int:
     """Stream random bf16 tensors into one safetensors file; returns its weight bytes."""
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for key, shape, _ in entries:
-        size = math.prod(shape) * 2
-        header[key] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
+    raw = safetensors_header((key, shape, ml_dtypes.bfloat16) for key, shape, _ in entries)
     rng = np.random.default_rng(seed)
     with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
         for key, shape, kind in entries:
             n = math.prod(shape)
@@ -86,7 +80,7 @@ def write_random_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...
                 else:
                     chunk = np.full(m, 1.0 if kind == "ones" else 0.0, ml_dtypes.bfloat16)
                 f.write(chunk.tobytes())
-    return offset
+    return sum(math.prod(shape) * 2 for _, shape, _ in entries)
 
 
 def build(out: str | os.PathLike, cfg: LlavaConfig, seed: int = 0) -> dict:

@@ -8,7 +8,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -274,5 +274,21 @@ def params_dtype(params: dict) -> str:
 
 
 def cast_params(params: dict, dtype: str) -> dict:
-    """Params cast to a dtype name (e.g. bfloat16 for a smaller export)."""
-    return jax.tree_util.tree_map(lambda x: np.asarray(x).astype(DTYPES[dtype]), params)
+    """Params cast to a dtype name (e.g. bfloat16 for a smaller export), leaf by leaf in place: each source leaf
+    is dropped from `params` (and so freed) as its cast replaces it. Returns `params`."""
+    for node, key in [(node, key) for node in _dict_nodes(params) for key in node if not isinstance(node[key], dict)]:
+        node[key] = np.asarray(node[key]).astype(DTYPES[dtype])
+    return params
+
+
+def _dict_nodes(tree: dict) -> Iterator[dict]:
+    yield tree
+    for value in tree.values():
+        if isinstance(value, dict):
+            yield from _dict_nodes(value)
+
+
+def host_bytes(cfg: LlavaConfig | LlamaConfig, dtype: str | None = None) -> int:
+    """Bytes of `cfg`'s params in their dtype (or `dtype`)."""
+    item = (lambda x: jnp.dtype(DTYPES[dtype]).itemsize) if dtype else (lambda x: jnp.dtype(x.dtype).itemsize)
+    return sum(math.prod(x.shape) * item(x) for x in jax.tree_util.tree_leaves(abstract_params(cfg)))

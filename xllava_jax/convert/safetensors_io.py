@@ -7,11 +7,10 @@ import math
 import mmap
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import ml_dtypes
 import numpy as np
-import safetensors.numpy
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -101,12 +100,34 @@ class StateDict:
         self.files[key].release(key)
 
 
+def safetensors_header(entries: Iterable[tuple[str, tuple[int, ...], Any]]) -> bytes:
+    """The length-prefixed JSON header of a safetensors file holding (key, shape, dtype) in this order."""
+    names = {np.dtype(v): k for k, v in SAFETENSORS_DTYPES.items()}
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for key, shape, dtype in entries:
+        size = math.prod(shape) * np.dtype(dtype).itemsize
+        header[key] = {"dtype": names[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def write_safetensors(path: str | os.PathLike, tensors: list[tuple[str, np.ndarray]]) -> None:
+    """One safetensors file of (key, array) pairs, written a tensor at a time (one contiguous copy at most)."""
+    with open(path, "wb") as f:
+        f.write(safetensors_header((key, value.shape, value.dtype) for key, value in tensors))
+        for _, value in tensors:
+            f.write(np.ascontiguousarray(value).view(np.uint8).reshape(-1).data)
+
+
 def write_sharded(directory: str | os.PathLike, tensors: Iterable[tuple[str, np.ndarray]],
                   max_shard_bytes: int = 4 << 30) -> list[str]:
     """Write tensors as model-0000i-of-0000n.safetensors shards plus an index; returns file names.
 
-    Tensors are consumed one by one and a shard is flushed once it reaches max_shard_bytes,
-    so at most one shard is held in host memory.
+    `tensors` may be views (of params, of a mapped file): each is copied to the file on its own, so the
+    host holds one tensor beside them.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -115,9 +136,9 @@ def write_sharded(directory: str | os.PathLike, tensors: Iterable[tuple[str, np.
     total = 0
     for shard_index, shard in enumerate(_shards(tensors, max_shard_bytes)):
         name = f"shard-{shard_index:05d}.tmp"
-        safetensors.numpy.save_file(shard, str(directory / name), metadata={"format": "pt"})
+        write_safetensors(directory / name, sorted(shard, key=lambda kv: kv[0]))
         temp_names.append(name)
-        for key, value in shard.items():
+        for key, value in shard:
             weight_map[key] = shard_index
             total += value.nbytes
     count = len(temp_names)
@@ -130,14 +151,14 @@ def write_sharded(directory: str | os.PathLike, tensors: Iterable[tuple[str, np.
     return names
 
 
-def _shards(tensors: Iterable[tuple[str, np.ndarray]], max_bytes: int) -> Iterator[dict[str, np.ndarray]]:
-    shard: dict[str, np.ndarray] = {}
+def _shards(tensors: Iterable[tuple[str, np.ndarray]], max_bytes: int) -> Iterator[list[tuple[str, np.ndarray]]]:
+    shard: list[tuple[str, np.ndarray]] = []
     size = 0
     for key, value in tensors:
         if shard and size + value.nbytes > max_bytes:
             yield shard
-            shard, size = {}, 0
-        shard[key] = np.ascontiguousarray(value)
+            shard, size = [], 0
+        shard.append((key, value))
         size += value.nbytes
     if shard:
         yield shard
