@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from xllava_jax.data.synthetic import COLORS, POSITIONS, QUESTIONS, SHAPES, Scene, caption
+from xllava_jax.data.synthetic import COLORS, POSITIONS, QUESTIONS, SHAPES, Scene, caption, draw
 from xllava_jax.experiments.v2 import streams
 from xllava_jax.experiments.v2 import world as w2
 from xllava_jax.experiments.v2.config import apply_quick, study_config
@@ -113,3 +113,13 @@ def test_answer_sets_are_the_kinds_answers(small_world):
     p, _ = small_world
     sets = answer_sets(list(read_jsonl(p["questions"])))
     assert len(sets[("color", "ko")]) == 4 and len(sets[("shape", "en")]) == 3 and len(sets[("fruit", "zh")]) == 4
+
+
+def test_fresh_scenes_skip_seen_pixels():
+    w = study_config().world
+    triples = [("red", "circle", "left")]
+    first = w2.fresh_scenes(1, triples, 7, set(), w)[0]
+    seen = {draw(first, w.image_size).tobytes()}
+    again = w2.fresh_scenes(3, triples, 7, seen, w)
+    pixels = [draw(s, w.image_size).tobytes() for s in again]
+    assert not seen & set(pixels) and len(set(pixels)) == 3  # fresh: neither seen nor repeated
