@@ -38,10 +38,10 @@ def _texts(path):
 
 def test_non_english_files_never_ask_position_and_fruit_only_for_trained_colours(small_world):
     p, _ = small_world
-    for name in ("qa_ko", "qa_zh", "qa_ko_gate"):
+    for name in ("qa_ko", "qa_zh", "qa_gate_ko"):
         lang = "ko" if "ko" in name else "zh"
         texts = list(_texts(p[name]))
-        assert (QUESTIONS["position"][lang] in " ".join(texts)) == (name == "qa_ko_gate")
+        assert (QUESTIONS["position"][lang] in " ".join(texts)) == (name == "qa_gate_ko")
         assert FRUIT_QUESTION[lang] in " ".join(texts)
         for color in ("blue", "yellow"):
             assert FRUITS[color][lang] not in texts  # never a trained answer
@@ -123,3 +123,16 @@ def test_fresh_scenes_skip_seen_pixels():
     again = w2.fresh_scenes(3, triples, 7, seen, w)
     pixels = [draw(s, w.image_size).tobytes() for s in again]
     assert not seen & set(pixels) and len(set(pixels)) == 3  # fresh: neither seen nor repeated
+
+
+def test_every_arm_has_a_stream(small_world, tmp_path):
+    from xllava_jax.experiments.suites import BASE_QA
+    from xllava_jax.experiments.v2.study import study_arms
+    p, _ = small_world
+    base = streams.file_records(p["root"], BASE_QA)
+    for arm in study_arms(study_config()):
+        extra = streams.file_records(p["root"], [f for f in arm.stage2_files if f not in BASE_QA])
+        if arm.stage2_tasks:
+            extra += streams.task_mix_records(p["root"], arm.stage2_tasks, arm.non_english_ratio, 0)
+        assert bool(extra) == (arm.stage2_files != BASE_QA or bool(arm.stage2_tasks)), arm.name
+        assert len(streams.stream_plan(len(base), len(extra), 64, 0)) == 64

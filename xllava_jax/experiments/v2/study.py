@@ -22,7 +22,7 @@ from xllava_jax.experiments.v2.scoring import forced_choice
 from xllava_jax.experiments.v2.vision import pretrain_vit
 
 log = logging.getLogger(__name__)
-GATE = ("qa_ko_gate",)
+GATE = ("qa_gate_ko",)
 WO_ALL = "X-LLaVA"  # LRM "w/o All Task Instructions" and Figure 5's "LLaVA" are this arm
 PRIMARY = ("X-LLaVA(-V,-P)", "X-LLaVA", "X-LLaVA + O", "gate: X-LLaVA + 5xKO", "LRM-LLaVA")
 

@@ -18,9 +18,9 @@ from xllava_jax.experiments.world import KINDS, KNOWLEDGE_KIND, NON_EN, VISUAL_K
 
 TRAINED_FRUIT_COLORS = ("red", "green")  # non-English fruit questions are asked (trained) for these colours
 NON_EN_KINDS = ("color", "shape", KNOWLEDGE_KIND)  # what qa_ko / qa_zh ask: never the position
-FILES = ("captions_en", "captions_ko", "captions_zh", "captions_parallel", "qa_en", "qa_ko", "qa_zh", "qa_ko_gate",
+FILES = ("captions_en", "captions_ko", "captions_zh", "captions_parallel", "qa_en", "qa_ko", "qa_zh", "qa_gate_ko",
          "mvif", "parallel")
-INSTRUCTION_FILES = ("qa_en", "qa_ko", "qa_zh", "qa_ko_gate", "mvif", "parallel")
+INSTRUCTION_FILES = ("qa_en", "qa_ko", "qa_zh", "qa_gate_ko", "mvif", "parallel")
 
 
 def default_world() -> ml_collections.ConfigDict:
@@ -31,7 +31,7 @@ def default_world() -> ml_collections.ConfigDict:
     w.jitter = 0.04  # centre offset, fraction of the side
     w.en_qa = 600  # English instruction records (4 turns: colour, shape, position, fruit), all 48 triples
     w.scarce_qa = 80  # Korean and Chinese records each: colour, shape, fruit (red/green only); no position
-    w.gate_factor = 5  # the gate arm's Korean records = gate_factor x scarce_qa (qa_ko + qa_ko_gate)
+    w.gate_factor = 5  # the gate arm's Korean records = gate_factor x scarce_qa (qa_ko + qa_gate_ko)
     w.mvif = 200  # X-LLaVA mvif-like records, parallel en/ko/zh, visual kinds (the position included)
     w.parallel = 300  # LRM translated records, parallel en/ko/zh, visual kinds
     w.en_captions = 600  # English caption records (stage 1)
@@ -55,7 +55,7 @@ def composition_triples() -> list[tuple[str, str, str]]:
 def paths(root: str | Path) -> dict[str, Path]:
     """The files of a v2 world under `root` (v1's names plus the gate file and the frozen ViT)."""
     p = v1.paths(root)
-    p["qa_ko_gate"] = p["root"] / "qa_ko_gate.jsonl"
+    p["qa_gate_ko"] = p["root"] / "qa_gate_ko.jsonl"
     p["vit"] = p["root"] / "vit"
     return p
 
@@ -99,7 +99,7 @@ def write_world(root: str | Path, w: ml_collections.ConfigDict | None = None) ->
               "qa_en": (w.en_qa, every, qa(("en",), KINDS)),
               "qa_ko": (w.scarce_qa, seen_non_en, non_en(("ko",), NON_EN_KINDS)),
               "qa_zh": (w.scarce_qa, seen_non_en, non_en(("zh",), NON_EN_KINDS)),
-              "qa_ko_gate": (gate_records, seen_non_en, non_en(("ko",), KINDS)),
+              "qa_gate_ko": (gate_records, seen_non_en, non_en(("ko",), KINDS)),
               "mvif": (w.mvif, seen_non_en, qa(LANGS, VISUAL_KINDS)),
               "parallel": (w.parallel, seen_non_en, qa(LANGS, VISUAL_KINDS))}
     for name, (count, triples, make) in groups.items():
