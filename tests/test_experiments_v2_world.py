@@ -136,3 +136,12 @@ def test_every_arm_has_a_stream(small_world, tmp_path):
             extra += streams.task_mix_records(p["root"], arm.stage2_tasks, arm.non_english_ratio, 0)
         assert bool(extra) == (arm.stage2_files != BASE_QA or bool(arm.stage2_tasks)), arm.name
         assert len(streams.stream_plan(len(base), len(extra), 64, 0)) == 64
+
+
+def test_world_refuses_other_settings(small_world):
+    p, w = small_world
+    assert w2.write_world(p["root"], w) == p  # same settings: reused
+    other = apply_quick(study_config()).world
+    other.eval_per_triple = 2
+    with pytest.raises(ValueError, match="other settings"):
+        w2.write_world(p["root"], other)

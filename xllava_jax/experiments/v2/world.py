@@ -7,6 +7,7 @@ in English data only (the cross-lingual composition test); evaluation covers all
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import ml_collections
@@ -79,7 +80,10 @@ def write_world(root: str | Path, w: ml_collections.ConfigDict | None = None) ->
     w = w or default_world()
     p = paths(root)
     root = p["root"]
+    record = root / "world.json"
     if p["questions"].exists():
+        if not record.exists() or json.loads(record.read_text()) != json.loads(json.dumps(w.to_dict())):
+            raise ValueError(f"{root} holds a world written with other settings ({record}); use a new --out DIR")
         return p
     (root / "images").mkdir(parents=True, exist_ok=True)
     every = sorted(itertools.product(COLORS, SHAPES, POSITIONS))
@@ -115,6 +119,7 @@ def write_world(root: str | Path, w: ml_collections.ConfigDict | None = None) ->
         text_scenes = draw(w.text_en if la == "en" else w.text_non_en, every if la == "en" else seen_non_en)
         synthetic.write_lines(p[f"text_{la}"], v1.text_corpus(text_scenes, la, kinds=KINDS))
         synthetic.write_lines(p[f"heldout_text_{la}"], [caption(s, la) for s in evals])
+    record.write_text(json.dumps(w.to_dict()))
     return p
 
 
