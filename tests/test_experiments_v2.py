@@ -1,6 +1,6 @@
 """CI: `python -m xllava_jax.experiments run --study v2 --quick` end to end (plumbing only: the world, the
 frozen ViT, three arms' stages with their streams, generation and forced-choice evaluation, the report). SLOW:
-~2-4 minutes on the shared 2-core CPU. No claims are checked."""
+4-9 minutes on the shared 2-core CPU (load 7-10). No claims are checked."""
 
 import json
 import os

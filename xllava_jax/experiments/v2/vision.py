@@ -55,7 +55,10 @@ def pretrain_vit(out_dir: str | Path, w: ml_collections.ConfigDict, v: ml_collec
     out_dir = Path(out_dir)
     if (out_dir / DONE).exists():
         return json.loads((out_dir / DONE).read_text())
-    import torch
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("study v2 pretrains its ViT with PyTorch: pip install -e '.[test]' (torch)") from e
     from transformers import CLIPVisionConfig, CLIPVisionModel
     v = v or default_vision()
     torch.manual_seed(w.seed)
