@@ -1,5 +1,6 @@
 """python -m xllava_jax.experiments run --suite NAME[,NAME...|all] [--seeds N] [--quick] --out DIR [--config FILE]
-                                    report --out DIR   (rewrite report.md and plots from results.json)"""
+                                    run --study v2 [--seeds N] [--quick] --out DIR   (docs/experiments/v2)
+                                    report [--study v2] --out DIR   (rewrite report.md and plots from results.json)"""
 
 from __future__ import annotations
 
@@ -52,6 +53,34 @@ def override(c: ml_collections.ConfigDict, assignments: list[str]) -> ml_collect
     return c
 
 
+def run_v2(out: Path, seeds: int | None, quick: bool, config: str | None = None, arms: str = "",
+           cache: Path | None = None, assignments: list[str] = ()) -> float:
+    """Run study v2 into `out` (DIR/results.json key 'v2'), then write its report; returns seconds."""
+    from xllava_jax.experiments import report
+    from xllava_jax.experiments.v2 import report as report_v2
+    from xllava_jax.experiments.v2.config import apply_quick as quick_v2
+    from xllava_jax.experiments.v2.study import run_study
+    out.mkdir(parents=True, exist_ok=True)
+    compilation_cache(cache or out / "jax_cache")
+    c = load_suite_config("v2", config)
+    if quick:
+        c = quick_v2(c)
+    if seeds is not None and not quick:
+        c.seeds = seeds
+    if arms:
+        c.arms = arms
+    c = override(c, list(assignments))
+    start = time.perf_counter()
+    result = run_study(c, out)
+    report.save(out, c.suite, result)
+    report.annotate(out, c.suite, vit_probe=result["vit_probe"], untestable=result["untestable"],
+                    gate_effect=c.gate_effect, config=c.to_dict(), quick=quick)
+    seconds = time.perf_counter() - start
+    print(f"[experiments] study v2: {seconds:.0f} s", flush=True)
+    print(f"[experiments] report: {report_v2.write_report(out)}", flush=True)
+    return seconds
+
+
 def run(suites: list[str], out: Path, seeds: int | None, quick: bool, config: str | None = None,
         arms: str = "", cache: Path | None = None, assignments: list[str] = ()) -> dict:
     """Run suites into `out` (results merged into DIR/results.json), then write the report; returns seconds."""
@@ -87,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train and evaluate suites, then write the report")
-    r.add_argument("--suite", required=True, help=f"comma list of {', '.join(SUITES)}, or all")
+    r.add_argument("--suite", default=None, help=f"study v1: comma list of {', '.join(SUITES)}, or all")
+    r.add_argument("--study", default="v1", choices=("v1", "v2"),
+                   help="v1: the suites of docs/experiments; v2: the pre-registered second study (docs/experiments/v2)")
     r.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the config's, 3)")
     r.add_argument("--quick", action="store_true", help="one seed, a handful of steps: plumbing only, no claims")
     r.add_argument("--out", required=True, type=Path)
@@ -98,14 +129,25 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--jax-cache", default=None, type=Path, help="persistent compilation cache (default DIR/jax_cache)")
     w = sub.add_parser("report", help="rewrite report.md and the plots from DIR/results.json")
     w.add_argument("--out", required=True, type=Path)
+    w.add_argument("--study", default="v1", choices=("v1", "v2"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("xllava_jax.experiments").setLevel(logging.INFO)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if args.command == "report":
-        from xllava_jax.experiments.report import write_report
+        if args.study == "v2":
+            from xllava_jax.experiments.v2.report import write_report
+        else:
+            from xllava_jax.experiments.report import write_report
         print(write_report(args.out))
         return 0
+    if args.study == "v2":
+        if args.suite:
+            parser.error("--suite belongs to study v1; study v2 runs all its arms (restrict with --arms)")
+        run_v2(args.out, args.seeds, args.quick, args.config, args.arms, args.jax_cache, args.set)
+        return 0
+    if not args.suite:
+        parser.error("study v1 needs --suite")
     suites = list(SUITES) if args.suite == "all" else [s.strip() for s in args.suite.split(",")]
     unknown = [s for s in suites if s not in SUITES]
     if unknown:

@@ -211,10 +211,15 @@ def write_report(out: Path) -> Path:
     return path
 
 
+def annotate(out: Path, suite: str, **fields) -> None:
+    """Add `fields` to a suite's entry of DIR/details.json."""
+    details = _load(out / DETAILS)
+    details.setdefault(suite, {}).update(fields)
+    (out / DETAILS).write_text(json.dumps(details, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def mark_quick(out: Path, suite: str) -> None:
     """Flag a suite's details as a --quick run."""
-    details = _load(out / DETAILS)
-    details.setdefault(suite, {})["quick"] = True
-    (out / DETAILS).write_text(json.dumps(details, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    annotate(out, suite, quick=True)
 
 

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 DONE = "done.json"
 
 
-def _stage_base(stage: int, c: ml_collections.ConfigDict, tokenizer: Path, seed: int) -> ml_collections.ConfigDict:
+def stage_base(stage: int, c: ml_collections.ConfigDict, tokenizer: Path, seed: int) -> ml_collections.ConfigDict:
     """A tiny-model stage config with the experiment's execution settings."""
     s = tiny_model(base_config(stage), **c.model.to_dict())
     s.seed = seed
@@ -38,45 +38,60 @@ def stage_configs(arm: Arm, c: ml_collections.ConfigDict, p: dict, seed: int) ->
     """The (name, config) stages of an arm, in order: base (English LM), [stage0], stage1, stage2."""
     root = str(p["root"])
     tok = p["tokenizer"] if arm.expanded else p["tokenizer_en"]
-    text = lambda name, t, files: _stage_text(c, t, files, seed, name, root)  # noqa: E731
+    text = lambda name, t, files: text_stage(c, t, files, seed, name, root)  # noqa: E731
     stages = [("base", text("base", p["tokenizer_en"], ("text_en.txt",)))]
     if arm.stage0:
         stages.append(("stage0", text("stage0", p["tokenizer"], tuple(f"text_{la}.txt" for la in world.LANGS))))
-    s1 = _stage_base(1, c, tok, seed)
-    s1.train.trainable = "vision_tower,projector"  # random CLIP: stage 1 stands in for its pretraining (demo)
-    s1.data.update(root=root, files=tuple(f"captions_{la}.jsonl" for la in world.LANGS), langs=world.LANGS,
-                   template="plain", max_len=c.max_len.stage1)
-    if arm.stage1_mvqa:
-        s1.data.task_mix.update(files=("captions_parallel.jsonl",), tasks="mvqa", non_english_ratio=1.0)
-    s1.train.update(batch_size=c.batch.stage1, num_steps=c.steps.stage1)
-    s1.optim.update(lr=c.lr.stage1, warmup_ratio=0.03)
-    stages.append(("stage1", s1))
-    s2 = _stage_base(2, c, tok, seed)
-    files = [f for f in arm.stage2_files]
-    s2.data.update(root=root, files=tuple(f"{f}.jsonl" for f in files for _ in _langs(f)),
-                   langs=tuple(la for f in files for la in _langs(f)), template="vicuna_v1", max_len=c.max_len.stage2)
+    stages.append(("stage1", stage1_config(c, tok, seed, root, arm.stage1_mvqa)))
+    files = list(arm.stage2_files)
+    s2 = stage2_config(c, tok, seed, root, arm.consistency_weight)
+    s2.data.update(files=tuple(f"{f}.jsonl" for f in files for _ in file_langs(f)),
+                   langs=tuple(la for f in files for la in file_langs(f)))
     if arm.stage2_tasks:
         s2.data.task_mix.update(files=("parallel.jsonl",), tasks=arm.stage2_tasks,
                                 non_english_ratio=arm.non_english_ratio)
-    s2.train.update(batch_size=c.batch.stage2, num_steps=c.steps.stage2, consistency_weight=arm.consistency_weight)
-    s2.optim.update(lr=c.lr.stage2, warmup_ratio=0.03)
-    s2.eval_data.update(root=root, files=("eval_conversations.jsonl",) * 3, langs=world.LANGS, template="vicuna_v1",
-                        max_len=c.max_len.stage2, shuffle=False)
-    s2.eval.update(every_steps=c.steps.stage2, num_batches=c.eval.gap_batches, batch_size=c.batch.stage2)
     stages.append(("stage2", s2))
     return stages
 
 
-def _langs(name: str) -> tuple[str, ...]:
+def stage1_config(c: ml_collections.ConfigDict, tok: Path, seed: int, root: str, mvqa: bool) -> ml_collections.ConfigDict:
+    """Stage 1 (alignment on the captions; CLIP + projector trained: a random CLIP's stand-in pretraining), with
+    the MVQA task mix over captions_parallel when `mvqa`."""
+    s1 = stage_base(1, c, tok, seed)
+    s1.train.trainable = "vision_tower,projector"
+    s1.data.update(root=root, files=tuple(f"captions_{la}.jsonl" for la in world.LANGS), langs=world.LANGS,
+                   template="plain", max_len=c.max_len.stage1)
+    if mvqa:
+        s1.data.task_mix.update(files=("captions_parallel.jsonl",), tasks="mvqa", non_english_ratio=1.0)
+    s1.train.update(batch_size=c.batch.stage1, num_steps=c.steps.stage1)
+    s1.optim.update(lr=c.lr.stage1, warmup_ratio=0.03)
+    return s1
+
+
+def stage2_config(c: ml_collections.ConfigDict, tok: Path, seed: int, root: str,
+                  consistency_weight: float) -> ml_collections.ConfigDict:
+    """Stage 2 (projector + LLM on instruction data; the caller sets data.files) with the held-out
+    conversations as eval data (the modality gap at the last step)."""
+    s2 = stage_base(2, c, tok, seed)
+    s2.data.update(root=root, template="vicuna_v1", max_len=c.max_len.stage2)
+    s2.train.update(batch_size=c.batch.stage2, num_steps=c.steps.stage2, consistency_weight=consistency_weight)
+    s2.optim.update(lr=c.lr.stage2, warmup_ratio=0.03)
+    s2.eval_data.update(root=root, files=("eval_conversations.jsonl",) * 3, langs=world.LANGS, template="vicuna_v1",
+                        max_len=c.max_len.stage2, shuffle=False)
+    s2.eval.update(every_steps=c.steps.stage2, num_batches=c.eval.gap_batches, batch_size=c.batch.stage2)
+    return s2
+
+
+def file_langs(name: str) -> tuple[str, ...]:
     """Languages of a world file: 'qa_ko' -> ('ko',), parallel files -> all."""
     suffix = name.rsplit("_", 1)[-1]
     return (suffix,) if suffix in world.LANGS else world.LANGS
 
 
-def _stage_text(c: ml_collections.ConfigDict, tokenizer: Path, files: tuple[str, ...], seed: int, name: str,
+def text_stage(c: ml_collections.ConfigDict, tokenizer: Path, files: tuple[str, ...], seed: int, name: str,
                 root: str) -> ml_collections.ConfigDict:
     """A stage-0 (causal LM on packed text) config: `base` from random init, `stage0` from the base model."""
-    s = _stage_base(0, c, tokenizer, seed)
+    s = stage_base(0, c, tokenizer, seed)
     s.model.kind = "llama"
     s.init.source = "random" if name == "base" else "previous"
     s.data.update(format="text", files=files, pack=True, max_len=c.max_len.text, root=root)
@@ -124,8 +139,15 @@ def tokens_per_char(tokenizer_path: Path, lines: list[str]) -> float:
     return sum(len(tok.encode(x)) for x in lines) / max(sum(len(x) for x in lines), 1)
 
 
-def evaluate_arm(checkpoint: str, tokenizer: Path, p: dict, c: ml_collections.ConfigDict, out_dir: Path) -> dict:
-    """Held-out accuracy {acc_<lang>, acc_non_en, acc_<lang>_<kind>} (eval.runner.evaluate, GQA exact match)."""
+def metric_groups(record: dict) -> list[str]:
+    """The accuracy metrics a question counts in: acc_<lang> and acc_<lang>_<kind>."""
+    return [f"acc_{record['lang']}", f"acc_{record['lang']}_{record['kind']}"]
+
+
+def evaluate_arm(checkpoint: str, tokenizer: Path, p: dict, c: ml_collections.ConfigDict, out_dir: Path,
+                 groups=metric_groups, max_new_tokens: int | None = None) -> dict:
+    """Held-out accuracy {acc_non_en, and per question the metrics `groups(record)` names (default: acc_<lang>,
+    acc_<lang>_<kind>)} (eval.runner.evaluate, GQA exact match, greedy, `max_new_tokens` or c.eval's)."""
     from xllava_jax.jsonl import read_jsonl
     from xllava_jax.eval.metrics import gqa_match
     from xllava_jax.eval.runner import ANSWERS_FILE, evaluate
@@ -137,14 +159,14 @@ def evaluate_arm(checkpoint: str, tokenizer: Path, p: dict, c: ml_collections.Co
     if not scores_file.exists():
         model, params = load_model(checkpoint)
         evaluate(model, params, load_tokenizer(tokenizer), "gqa", records, image_root=str(p["root"]),
-                 template="vicuna_v1", config=GenerationConfig(max_new_tokens=c.eval.max_new_tokens),
+                 template="vicuna_v1", config=GenerationConfig(max_new_tokens=max_new_tokens or c.eval.max_new_tokens),
                  out_dir=out_dir, instruction="")
     answers = {r["question_id"]: r["text"] for r in read_jsonl(out_dir / ANSWERS_FILE)}
     hits: dict[str, list[float]] = collections.defaultdict(list)
     for r in records:
         ok = float(gqa_match(answers[r["question_id"]], r["answer"]))
-        hits[f"acc_{r['lang']}"].append(ok)
-        hits[f"acc_{r['lang']}_{r['kind']}"].append(ok)
+        for name in groups(r):
+            hits[name].append(ok)
     out = {k: float(np.mean(v)) for k, v in hits.items()}
     out["acc_non_en"] = float(np.mean([out[f"acc_{la}"] for la in world.NON_EN]))
     return out
@@ -177,6 +199,29 @@ def features(checkpoint: str, tokenizer: Path, p: dict, points: int, out_file: P
     return out
 
 
+def chain_metrics(chain: list[dict], tok: Path, p: dict) -> dict:
+    """Metrics of a trained chain besides accuracy: Korean tokens per character, stage-2 characters per second
+    (row tokens per second / tokens per character of the held-out en+ko+zh text), the modality gap, seconds."""
+    from xllava_jax.tokenizer.report import read_lines
+    last = chain[-1]
+    m2 = last["metrics"]
+    out = {"tokens_per_char_ko": tokens_per_char(tok, read_lines(p["heldout_text_ko"]))}
+    reference = [x for la in world.LANGS for x in read_lines(p[f"heldout_text_{la}"])]
+    row_tokens_per_s = last["row_tokens"] / last["step"] / m2["step_time_s"]
+    out["train_chars_per_s"] = row_tokens_per_s / tokens_per_char(tok, reference)
+    for k in ("modality_gap", "modality_cos"):
+        if f"eval_{k}" in m2:
+            out[k] = m2[f"eval_{k}"]
+    out["train_seconds"] = sum(r["seconds"] for r in chain)  # every stage of the arm, shared ones included
+    return out
+
+
+def bookkeeping(chain: list[dict]) -> dict:
+    """Per stage of a chain: key, steps, row tokens, seconds."""
+    return {"stages": {r["name"]: {"key": r["key"], "steps": r["step"], "row_tokens": r["row_tokens"],
+                                   "seconds": r["seconds"]} for r in chain}}
+
+
 def arm_metrics(arm: Arm, c: ml_collections.ConfigDict, p: dict, out: Path, seed: int,
                 want_features: bool = False) -> dict:
     """Train (or reuse) the arm's stages for one seed, evaluate, and return its metrics and bookkeeping."""
@@ -184,18 +229,8 @@ def arm_metrics(arm: Arm, c: ml_collections.ConfigDict, p: dict, out: Path, seed
     last = chain[-1]
     tok = p["tokenizer"] if arm.expanded else p["tokenizer_en"]
     metrics = evaluate_arm(last["checkpoint"], tok, p, c, Path(last["workdir"]) / "eval")
-    from xllava_jax.tokenizer.report import read_lines
-    metrics["tokens_per_char_ko"] = tokens_per_char(tok, read_lines(p["heldout_text_ko"]))
-    reference = [x for la in world.LANGS for x in read_lines(p[f"heldout_text_{la}"])]
-    m2 = last["metrics"]
-    row_tokens_per_s = c.batch.stage2 * c.max_len.stage2 / m2["step_time_s"]
-    metrics["train_chars_per_s"] = row_tokens_per_s / tokens_per_char(tok, reference)
-    for k in ("modality_gap", "modality_cos"):
-        if f"eval_{k}" in m2:
-            metrics[k] = m2[f"eval_{k}"]
-    metrics["train_seconds"] = sum(r["seconds"] for r in chain)  # every stage of the arm, shared ones included
-    book = {"stages": {r["name"]: {"key": r["key"], "steps": r["step"], "row_tokens": r["row_tokens"],
-                                   "seconds": r["seconds"]} for r in chain}}
+    metrics.update(chain_metrics(chain, tok, p))
+    book = bookkeeping(chain)
     if want_features:
         book["features"] = str(Path(last["workdir"]) / "eval" / "features.npz")
         features(last["checkpoint"], tok, p, c.eval.feature_points, Path(book["features"]))

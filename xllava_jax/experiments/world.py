@@ -53,18 +53,20 @@ def held_out_triples(count: int, seed: int = 1234) -> set[tuple[str, str, str]]:
     return {triples[i] for i in rng.choice(len(triples), count, replace=False)}
 
 
-def scenes(count: int, seed: int, triples: list[tuple[str, str, str]]) -> list[Scene]:
-    """`count` jittered scenes drawn from `triples`, deterministic for `seed`."""
+def scenes(count: int, seed: int, triples: list[tuple[str, str, str]], scale: tuple[float, float] = (0.16, 0.22),
+           jitter: float = 0.05, cycle: bool = False) -> list[Scene]:
+    """`count` jittered scenes drawn from `triples` (at random, or in turn when `cycle`), deterministic for `seed`;
+    shape radius uniform in `scale` (fraction of the side), centre offset uniform in +-`jitter`."""
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(count):
-        c, s, p = triples[rng.integers(len(triples))]
-        out.append(Scene(c, s, p, float(rng.uniform(0.16, 0.22)),
-                         (float(rng.uniform(-0.05, 0.05)), float(rng.uniform(-0.05, 0.05)))))
+    for i in range(count):
+        c, s, p = triples[i % len(triples)] if cycle else triples[rng.integers(len(triples))]
+        out.append(Scene(c, s, p, float(rng.uniform(*scale)),
+                         (float(rng.uniform(-jitter, jitter)), float(rng.uniform(-jitter, jitter)))))
     return out
 
 
-def _qa_turns(scene: Scene, kinds: list[str], langs: tuple[str, ...]) -> list[dict]:
+def qa_turns(scene: Scene, kinds: list[str], langs: tuple[str, ...]) -> list[dict]:
     """Parallel {lang: text} conversation turns asking `kinds` about `scene`."""
     turns = []
     for i, kind in enumerate(kinds):
@@ -73,17 +75,19 @@ def _qa_turns(scene: Scene, kinds: list[str], langs: tuple[str, ...]) -> list[di
     return turns
 
 
-def _rotate(kinds: tuple[str, ...], i: int) -> list[str]:
+def rotate(kinds: tuple[str, ...], i: int) -> list[str]:
     """`kinds` rotated by `i` (every kind asked first equally often)."""
     return [kinds[(i + j) % len(kinds)] for j in range(len(kinds))]
 
 
-def text_corpus(scene_list: list[Scene], lang: str, facts_per_scene: bool = True) -> list[str]:
-    """Stage-0 text in one language: captions with a question and answer, and colour->fruit facts."""
+def text_corpus(scene_list: list[Scene], lang: str, facts_per_scene: bool = True,
+                kinds: tuple[str, ...] = VISUAL_KINDS) -> list[str]:
+    """Stage-0 text in one language: captions with a question (of `kinds`, in turn) and its answer, and
+    colour->fruit facts."""
     lines = []
     for i, s in enumerate(scene_list):
-        kind = VISUAL_KINDS[i % len(VISUAL_KINDS)]
-        line = f"{caption(s, lang)} {question(kind, lang)} {answer(s, kind, lang)}"
+        kind = kinds[i % len(kinds)]
+        line = f"{caption(s, lang)} {question(kind, lang)} {world_answer(s, kind, lang)}"
         if facts_per_scene:
             fact = FACTS[i % len(FACTS)][lang]
             line += " " + fact.format(fruit=FRUITS[s.color][lang], color=COLORS[s.color][1][lang])
@@ -126,12 +130,12 @@ def paths(root: str | Path) -> dict[str, Path]:
     return out
 
 
-def _records(prefix: str, scene_list: list[Scene], names: list[str], make) -> list[dict]:
+def records(prefix: str, scene_list: list[Scene], names: list[str], make) -> list[dict]:
     """Conversation records {id, image, conversations} from (scene, image name) with `make(i, scene)` turns."""
     return [{"id": f"{prefix}{i}", "image": n, "conversations": make(i, s)} for i, (s, n) in enumerate(zip(scene_list, names))]
 
 
-def _draw_all(root: Path, prefix: str, scene_list: list[Scene], size: int) -> list[str]:
+def draw_all(root: Path, prefix: str, scene_list: list[Scene], size: int) -> list[str]:
     """Draw scenes to root/images/<prefix>_<i>.png; returns the relative names."""
     names = []
     for i, s in enumerate(scene_list):
@@ -155,7 +159,7 @@ def write_world(root: str | Path, w: ml_collections.ConfigDict | None = None) ->
     one = lambda n: scenes(n, next(seed), train_triples)  # noqa: E731
     cap = lambda langs: lambda i, s: [{"from": "human", "value": {la: "<image>\n" for la in langs}},  # noqa: E731
                                       {"from": "gpt", "value": {la: caption(s, la) for la in langs}}]
-    qa = lambda langs, kinds: lambda i, s: _qa_turns(s, _rotate(kinds, i), langs)  # noqa: E731
+    qa = lambda langs, kinds: lambda i, s: qa_turns(s, rotate(kinds, i), langs)  # noqa: E731
     groups = {"captions_en": (w.en_captions, cap(("en",))), "captions_ko": (w.scarce_captions, cap(("ko",))),
               "captions_zh": (w.scarce_captions, cap(("zh",))), "captions_parallel": (w.parallel, cap(LANGS)),
               "qa_en": (w.en_qa, qa(("en",), KINDS)), "qa_ko": (w.scarce_qa, qa(("ko",), VISUAL_KINDS)),
@@ -163,14 +167,14 @@ def write_world(root: str | Path, w: ml_collections.ConfigDict | None = None) ->
               "parallel": (w.parallel, qa(LANGS, VISUAL_KINDS))}
     for name, (count, make) in groups.items():
         sc = one(count)
-        synthetic.write_jsonl(p[name], _records(name, sc, _draw_all(root, name, sc, w.image_size), make))
+        synthetic.write_jsonl(p[name], records(name, sc, draw_all(root, name, sc, w.image_size), make))
     evals = scenes(w.eval_scenes, next(seed), sorted(held))
-    names = _draw_all(root, "eval", evals, w.image_size)
+    names = draw_all(root, "eval", evals, w.image_size)
     questions = [{"question_id": f"{i}_{k}_{la}", "image": n, "text": question(k, la), "lang": la, "kind": k,
                   "answer": world_answer(s, k, la)}
                  for i, (s, n) in enumerate(zip(evals, names)) for k in KINDS for la in LANGS]
     synthetic.write_jsonl(p["questions"], questions)
-    synthetic.write_jsonl(p["eval_conversations"], _records("eval", evals, names, qa(LANGS, VISUAL_KINDS)))
+    synthetic.write_jsonl(p["eval_conversations"], records("eval", evals, names, qa(LANGS, VISUAL_KINDS)))
     text_scenes = {la: one(w.text_en if la == "en" else w.text_non_en) for la in LANGS}
     for la in LANGS:
         synthetic.write_lines(p[f"text_{la}"], text_corpus(text_scenes[la], la))
@@ -184,14 +188,17 @@ def training_files(p: dict[str, Path]) -> list[Path]:
                            "qa_zh", "mvif", "parallel", *(f"text_{la}" for la in LANGS))]
 
 
-def text_only_baseline(p: dict[str, Path]) -> dict:
+INSTRUCTION_FILES = ("qa_en", "qa_ko", "qa_zh", "mvif", "parallel")
+
+
+def text_only_baseline(p: dict[str, Path], files: tuple[str, ...] = INSTRUCTION_FILES) -> dict:
     """Accuracy of answering every held-out question with the most common instruction-data answer of its (kind,
     language) (no guess, so wrong, where that pair never occurs in training: `text_only`), with the held-out
     set's own most common answer of its (kind, language) (an answer-prior oracle that sees the evaluation labels:
     `heldout_majority`), and of uniform guessing (`chance`)."""
     from xllava_jax.jsonl import read_jsonl
     counts: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
-    for name in ("qa_en", "qa_ko", "qa_zh", "mvif", "parallel"):
+    for name in files:
         for r in read_jsonl(p[name]):
             conv = r["conversations"]
             for q, a in zip(conv[0::2], conv[1::2]):
@@ -232,12 +239,17 @@ def instruction_phrases(lang: str) -> list[str]:
 def prepare(root: str | Path, w: ml_collections.ConfigDict | None = None) -> dict[str, Path]:
     """The world's files, the English-only base tokenizer, its Korean/Chinese expansion and the tokenizer
     report (held-out text); what exists is reused. Same steps as the demo's (demo.prepare), on this world."""
+    w = w or default_world()
+    return make_tokenizers(write_world(root, w), w)
+
+
+def make_tokenizers(p: dict[str, Path], w: ml_collections.ConfigDict) -> dict[str, Path]:
+    """The English-only base tokenizer (text_en), its Korean/Chinese expansion (text_ko, text_zh + the LRM
+    phrasings) and the tokenizer report on the held-out text, under the world's paths `p`; what exists is reused."""
     from xllava_jax.data.templates import VICUNA_SYSTEM
     from xllava_jax.demo import train_tokenizer
     from xllava_jax.tokenizer.expand import expand_tokenizer
     from xllava_jax.tokenizer.report import read_lines, save_report, tokenizer_report
-    w = w or default_world()
-    p = write_world(root, w)
     if not p["tokenizer_en"].exists():
         template_line = f"{VICUNA_SYSTEM} USER: ASSISTANT:"
         train_tokenizer(read_lines(p["text_en"]) + [template_line] * 50, p["tokenizer_en"], w.base_vocab)
