@@ -53,6 +53,20 @@ def override(c: ml_collections.ConfigDict, assignments: list[str]) -> ml_collect
     return c
 
 
+def run_config(suite: str, path: str | None, quick, seeds: int | None, arms: str,
+               assignments: list[str]) -> ml_collections.ConfigDict:
+    """A suite's config for one run: its file, made quick by `quick` (a function) when given, else `seeds` seeds
+    when given; `arms` (;-separated) when given; then the --set assignments."""
+    c = load_suite_config(suite, path)
+    if quick is not None:
+        c = quick(c)
+    elif seeds is not None:
+        c.seeds = seeds
+    if arms:
+        c.arms = arms
+    return override(c, list(assignments))
+
+
 def run_v2(out: Path, seeds: int | None, quick: bool, config: str | None = None, arms: str = "",
            cache: Path | None = None, assignments: list[str] = ()) -> float:
     """Run study v2 into `out` (DIR/results.json key 'v2'), then write its report; returns seconds."""
@@ -62,14 +76,7 @@ def run_v2(out: Path, seeds: int | None, quick: bool, config: str | None = None,
     from xllava_jax.experiments.v2.study import run_study
     out.mkdir(parents=True, exist_ok=True)
     compilation_cache(cache or out / "jax_cache")
-    c = load_suite_config("v2", config)
-    if quick:
-        c = quick_v2(c)
-    if seeds is not None and not quick:
-        c.seeds = seeds
-    if arms:
-        c.arms = arms
-    c = override(c, list(assignments))
+    c = run_config("v2", config, quick_v2 if quick else None, seeds, arms, assignments)
     start = time.perf_counter()
     result = run_study(c, out)
     report.save(out, c.suite, result)
@@ -90,14 +97,7 @@ def run(suites: list[str], out: Path, seeds: int | None, quick: bool, config: st
     compilation_cache(cache or out / "jax_cache")
     seconds = {}
     for suite in suites:
-        c = load_suite_config(suite, config)
-        if quick:
-            c = apply_quick(c)
-        if seeds is not None and not quick:
-            c.seeds = seeds
-        if arms:
-            c.arms = arms
-        c = override(c, list(assignments))
+        c = run_config(suite, config, apply_quick if quick else None, seeds, arms, assignments)
         start = time.perf_counter()
         result = run_suite(c, out)
         report.save(out, suite, result)

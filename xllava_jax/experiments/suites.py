@@ -63,11 +63,16 @@ ARMS = {"xllava_table2": xllava_table2, "lrm_table3": lrm_table3, "lrm_fig6": lr
 
 def suite_arms(c: ml_collections.ConfigDict) -> list[Arm]:
     """The arms of `c.suite` (restricted to `c.arms`, a ;-separated list, when set: names hold commas)."""
-    arms = ARMS[c.suite](c)
-    if c.arms:
-        keep = [a.strip() for a in c.arms.split(";")]
-        unknown = set(keep) - {a.name for a in arms}
-        if unknown:
-            raise ValueError(f"{c.suite}: unknown arms {sorted(unknown)}; arms: {[a.name for a in arms]}")
-        arms = [a for a in arms if a.name in keep]
-    return arms
+    return select_arms(ARMS[c.suite](c), c.arms, c.suite)
+
+
+def select_arms(arms: list[Arm], names: str, label: str) -> list[Arm]:
+    """The arms named in `names` (a ;-separated list: names hold commas), in their order; all when empty.
+    ValueError naming the unknown ones."""
+    if not names:
+        return arms
+    keep = [a.strip() for a in names.split(";")]
+    unknown = set(keep) - {a.name for a in arms}
+    if unknown:
+        raise ValueError(f"{label}: unknown arms {sorted(unknown)}; arms: {[a.name for a in arms]}")
+    return [a for a in arms if a.name in keep]

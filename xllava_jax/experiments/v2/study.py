@@ -15,7 +15,7 @@ import ml_collections
 
 from xllava_jax.experiments import runner
 from xllava_jax.experiments import world as v1
-from xllava_jax.experiments.suites import ALL_TASKS, BASE_QA, MVIF, Arm
+from xllava_jax.experiments.suites import ALL_TASKS, BASE_QA, MVIF, Arm, select_arms
 from xllava_jax.experiments.v2 import streams
 from xllava_jax.experiments.v2 import world as w2
 from xllava_jax.experiments.v2.scoring import forced_choice
@@ -43,13 +43,7 @@ def study_arms(c: ml_collections.ConfigDict) -> list[Arm]:
             *(Arm(f"LRM {round(100 * x)}%", stage1_mvqa=True, stage2_tasks=ALL_TASKS, non_english_ratio=float(x))
               for x in c.ratios),
             Arm("LLaVA + cons", consistency_weight=cw), Arm("LRM-LLaVA + cons", consistency_weight=cw, **lrm)]
-    if c.arms:
-        keep = [a.strip() for a in c.arms.split(";")]
-        unknown = set(keep) - {a.name for a in arms}
-        if unknown:
-            raise ValueError(f"study v2: unknown arms {sorted(unknown)}; arms: {[a.name for a in arms]}")
-        arms = [a for a in arms if a.name in keep]
-    return arms
+    return select_arms(arms, c.arms, "study v2")
 
 
 def arm_seeds(arm: Arm, c: ml_collections.ConfigDict) -> int:
