@@ -1,4 +1,4 @@
-"""GPU suite (issue 17): stage-2 MFU, transformers PyTorch comparison and 7B decode speed, one command.
+"""GPU suite: stage-2 MFU, transformers PyTorch comparison and 7B decode speed, one command.
 
 Parts, each run in its own subprocess under its own time limit (a slow or OOMing part cannot eat the
 rest; a part that runs out of time still reports the configs it finished):
@@ -45,7 +45,7 @@ for _p in (str(ROOT), str(HERE)):  # the project is not pip-installed on the GPU
 
 STAGE2 = ("projector", "language_model")
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0}  # dense, by device-kind substring
-GOALS = {"mfu": 0.55, "torch_ratio": 1.5, "decode_share_of_bound": 0.80}  # issue 17
+GOALS = {"mfu": 0.55, "torch_ratio": 1.5, "decode_share_of_bound": 0.80}  # the project's GPU targets
 PART_NAMES = ("train_cudnn", "train_xla", "compare", "decode")
 DEFAULT_LIMITS_S = {"train_cudnn": 160, "train_xla": 80, "compare": 130, "decode": 80}  # sum 450 s < 8 min
 TINY_LIMIT_S = 120

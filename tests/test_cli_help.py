@@ -1,4 +1,4 @@
-"""Every flag of the train-side command lines says its default in --help, once, and truly."""
+"""Every flag of the subcommand command lines says its default in --help, once, and truly."""
 
 import argparse
 import importlib
@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 PARSERS = {"infer": ("xllava_jax.infer.__main__", "build_parser"), "convert": ("xllava_jax.convert.__main__", "parser"),
-           "data": ("xllava_jax.data.cli", "build_parser"), "tokenizer": ("xllava_jax.tokenizer.__main__", "parser")}
+           "data": ("xllava_jax.data.cli", "build_parser"), "tokenizer": ("xllava_jax.tokenizer.__main__", "parser"),
+           "eval": ("xllava_jax.eval.__main__", "build_parser"), "datagen": ("xllava_jax.datagen.__main__", "build_parser")}
 
 
 def subcommands(tool: str) -> dict[str, argparse.ArgumentParser]:

@@ -106,6 +106,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
             return action.help or ""
         return super()._get_help_string(action)
 
+    def _expand_help(self, action: argparse.Action) -> str:
+        default = action.default
+        if isinstance(default, (tuple, list)):  # as the flag is written: a comma list
+            action = argparse.Action(action.option_strings, action.dest, default=",".join(map(str, default)),
+                                     help=action.help)
+        elif isinstance(default, dict):
+            action = argparse.Action(action.option_strings, action.dest,
+                                     default=",".join(f"{k}={v}" for k, v in default.items()), help=action.help)
+        return super()._expand_help(action)
+
 
 def add_verbose(p: argparse.ArgumentParser) -> None:
     """The `--verbose` flag (parsed before argparse by pop_verbose; listed here for --help)."""

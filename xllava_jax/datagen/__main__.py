@@ -12,7 +12,7 @@ from xllava_jax.datagen.mvif import MvifConfig, run_mvif, summary_json
 from xllava_jax.datagen.prompts import DEFAULT_TURNS, MVIF_TYPES
 from xllava_jax.datagen.translate import TranslateConfig, agreement_bleu, export_language, load_translator, run_translate
 from xllava_jax.datagen.vg import SelectionConfig
-from xllava_jax.openai_api import ApiConfig, ChatClient
+from xllava_jax.openai_api import ENV_FIELDS, ApiConfig, ChatClient
 
 ENV_HELP = ("API settings come from OPENAI_BASE_URL, OPENAI_MODEL, OPENAI_API_KEY (and OPENAI_TIMEOUT_S, "
             "OPENAI_MAX_RETRIES, OPENAI_CONCURRENCY, OPENAI_RPM, OPENAI_PRICE_INPUT_PER_1M, "
@@ -39,18 +39,26 @@ def turns_arg(value: str) -> dict[str, int]:
 def add_api_args(p: argparse.ArgumentParser) -> None:
     """Flags that override the OPENAI_* environment."""
     g = p.add_argument_group("API (override OPENAI_* environment variables)")
-    g.add_argument("--base_url", help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
-    g.add_argument("--model", help="model name, e.g. gpt-4o")
-    g.add_argument("--concurrency", type=int, help="requests in flight (default 4)")
-    g.add_argument("--rpm", dest="requests_per_minute", type=float, help="rate limit, requests per minute (0 = none)")
-    g.add_argument("--timeout_s", type=float, help="per-request timeout in seconds (default 120)")
-    g.add_argument("--max_retries", type=int, help="retries on 429/5xx/timeouts (default 6)")
-    g.add_argument("--budget_usd", type=float, help="stop cleanly once this much is spent, counting what earlier "
-                                                    "runs with the same --out spent (OUT.replies.jsonl)")
-    g.add_argument("--price_input_per_1m", type=float, help="USD per 1M prompt tokens (default 2.5)")
-    g.add_argument("--price_output_per_1m", type=float, help="USD per 1M completion tokens (default 10)")
-    g.add_argument("--max_tokens", type=int, help="max completion tokens per request (default 2048)")
+    fallback = ApiConfig()
 
+    def default(field: str) -> str:
+        return f"(default: $OPENAI_{ENV_FIELDS[field][0]}, else {getattr(fallback, field)})"
+
+    g.add_argument("--base_url", help=f"OpenAI-compatible base URL {default('base_url')}")
+    g.add_argument("--model", help=f"model name {default('model')}")
+    g.add_argument("--concurrency", type=int, help=f"requests in flight {default('concurrency')}")
+    g.add_argument("--rpm", dest="requests_per_minute", type=float,
+                   help=f"rate limit, requests per minute, 0 = none {default('requests_per_minute')}")
+    g.add_argument("--timeout_s", type=float, help=f"per-request timeout in seconds {default('timeout_s')}")
+    g.add_argument("--max_retries", type=int, help=f"retries on 429/5xx/timeouts {default('max_retries')}")
+    g.add_argument("--budget_usd", type=float, help="stop cleanly once this much is spent, counting what earlier "
+                                                    "runs with the same --out spent (OUT.replies.jsonl) "
+                                                    "(default: $OPENAI_BUDGET_USD, else no cap)")
+    g.add_argument("--price_input_per_1m", type=float,
+                   help=f"USD per 1M prompt tokens {default('price_input_per_1m')}")
+    g.add_argument("--price_output_per_1m", type=float,
+                   help=f"USD per 1M completion tokens {default('price_output_per_1m')}")
+    g.add_argument("--max_tokens", type=int, help=f"max completion tokens per request {default('max_tokens')}")
 
 REPLIES_SUFFIX = ".replies.jsonl"  # next to --out: every paid reply and possibly billed timeout (see openai_api)
 
@@ -110,15 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--image_data", required=True, help="Visual Genome image_data.json")
     m.add_argument("--image_root", required=True, help="directory holding VG_100K/ and VG_100K_2/")
     m.add_argument("--out", required=True, help="output JSONL (rejects and meta go next to it)")
-    m.add_argument("--types", type=csv, default=MVIF_TYPES, help="comma list of types (default: all four)")
+    m.add_argument("--types", type=csv, default=MVIF_TYPES, help="comma list of types")
     m.add_argument("--turns", type=turns_arg, default=dict(DEFAULT_TURNS),
-                   help=f"QA pairs per type, e.g. object=3,location=3 (default {DEFAULT_TURNS})")
+                   help="QA pairs per type, e.g. object=3,location=3")
     m.add_argument("--seeds", help="JSON file of in-context seeds per type (default: built-in examples)")
-    m.add_argument("--min_objects", type=int, default=3, help="minimum main objects m (default 3)")
-    m.add_argument("--max_objects", type=int, default=10, help="maximum main objects m (default 10)")
+    m.add_argument("--min_objects", type=int, default=3, help="minimum main objects m")
+    m.add_argument("--max_objects", type=int, default=10, help="maximum main objects m")
     m.add_argument("--min_area_share", type=float, default=0.01,
-                   help="a box is a main object if it covers at least this fraction of the image (default 0.01)")
-    m.add_argument("--max_images", type=int, help="use at most this many selected images")
+                   help="a box is a main object if it covers at least this fraction of the image")
+    m.add_argument("--max_images", type=int, help="use at most this many selected images (default: all)")
     m.add_argument("--seed", type=int, default=0, help="shuffle seed for image order")
     m.add_argument("--retry_rejects", action="store_true", help="also redo ids that were rejected before")
     m.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -130,11 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "numbers; writes the parallel multilingual format. Resumable.")
     t.add_argument("--input", required=True, help="LLaVA JSON/JSONL dataset or question JSONL")
     t.add_argument("--out", required=True, help="output parallel JSONL (rejects go next to it)")
-    t.add_argument("--kind", choices=("llava", "questions"), default="llava", help="input kind (default llava)")
-    t.add_argument("--src", default="en", help="source language (default en)")
-    t.add_argument("--langs", type=csv, default=("ko", "zh"), help="target languages (default ko,zh)")
-    t.add_argument("--fields", type=csv, default=("text",), help="question fields to translate (default text)")
-    t.add_argument("--batch_texts", type=int, default=16, help="texts per request (default 16)")
+    t.add_argument("--kind", choices=("llava", "questions"), default="llava", help="input kind")
+    t.add_argument("--src", default="en", help="source language")
+    t.add_argument("--langs", type=csv, default=("ko", "zh"), help="target languages")
+    t.add_argument("--fields", type=csv, default=("text",), help="question fields to translate")
+    t.add_argument("--batch_texts", type=int, default=16, help="texts per request")
     t.add_argument("--translator", default="api", help="'api' or package.module:factory (pluggable)")
     t.add_argument("--retry_rejects", action="store_true", help="also redo ids that were rejected before")
     t.add_argument("--no_progress", action="store_true", help="no progress bar")

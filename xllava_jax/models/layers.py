@@ -177,7 +177,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec | jax.Array 
     dense_mask = spec.dense(t) if spec is not None else mask
     if implementation == "splash":
         implementation = "xla"
-    if implementation == "xla" and jax.default_backend() == "cpu":  # same math, faster on CPU (issue 18)
+    if implementation == "xla" and jax.default_backend() == "cpu":  # same math, faster on CPU
         from xllava_jax.models.attention_cpu import cpu_attention
         return cpu_attention(q, k, v, dense_mask)
     return jax.nn.dot_product_attention(q, k, v, mask=dense_mask, implementation=implementation)
