@@ -42,7 +42,8 @@ def add_api_args(p: argparse.ArgumentParser) -> None:
     fallback = ApiConfig()
 
     def default(field: str) -> str:
-        return f"(default: $OPENAI_{ENV_FIELDS[field][0]}, else {getattr(fallback, field)})"
+        value = getattr(fallback, field)
+        return f"(default: $OPENAI_{ENV_FIELDS[field][0]}, else {value})" if field in ENV_FIELDS else f"(default: {value})"
 
     g.add_argument("--base_url", help=f"OpenAI-compatible base URL {default('base_url')}")
     g.add_argument("--model", help=f"model name {default('model')}")
