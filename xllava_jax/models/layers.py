@@ -221,8 +221,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec) -
     b, t, n, d = q.shape
     segments = splash_segments(spec, b, t)
     mesh = jax.sharding.get_abstract_mesh()
-    device = getattr(mesh, "abstract_device", None) if not mesh.empty else None
-    interpret = (device.platform if device is not None else jax.default_backend()) != "tpu"
+    interpret = target_platform() != "tpu"
 
     def local(q, k, v, seg):
         kernel = _splash_kernel(q.shape[2], t, interpret)
@@ -246,18 +245,50 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec) -
                          check_vma=False)(q, k, v, segments)
 
 
-def layer_stack(layer: type[nn.Module], cfg: ExecConfig, num_layers: int, broadcast_args: int, name: str) -> nn.Module:
-    """`layer` repeated `num_layers` times with params stacked on a leading 'layers' axis.
+def target_platform() -> str:
+    """The platform being compiled for: the active mesh's devices, else the default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = getattr(mesh, "abstract_device", None) if not mesh.empty else None
+    return device.platform if device is not None else jax.default_backend()
 
-    The layer is built as layer(cfg) and called as
-    layer(carry, per_layer_input, *broadcast) -> (carry, per_layer_output).
-    With cfg.scan_layers False the loop is fully unrolled (same parameter layout, so
-    checkpoints work either way).
-    """
+
+def widens_16bit_slices(platform: str) -> bool:
+    """Whether XLA on `platform` computes a 16-bit float dynamic-slice in float32 by converting its whole operand
+    (XLA:CPU has no 16-bit float arithmetic). In a loop over stacked weights that conversion is loop-invariant
+    and gets hoisted: a float32 copy of every layer's weights as a temporary."""
+    return platform == "cpu"
+
+
+@jax.custom_vjp
+def pick_layer(stacked: Any, shadow: Any, index: jax.Array) -> Any:
+    """Layer `index` of the stacked params, sliced behind an optimization barrier so no conversion of the whole
+    stack can be hoisted out of the loop; `shadow` (the same layer as a scan input) takes the gradient."""
+    stacked, index = jax.lax.optimization_barrier((stacked, index))
+    return jax.tree.map(lambda w: jax.lax.dynamic_index_in_dim(w, index, keepdims=False), stacked)
+
+
+def _pick_layer_fwd(stacked, shadow, index):
+    return pick_layer(stacked, shadow, index), None
+
+
+def _pick_layer_bwd(_, ct):
+    return None, ct, None
+
+
+pick_layer.defvjp(_pick_layer_fwd, _pick_layer_bwd)
+
+
+def _has_16bit_float(tree: Any) -> bool:
+    return any(jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize == 2
+               for x in jax.tree.leaves(tree))
+
+
+def scanned_layers(layer: type[nn.Module], cfg: ExecConfig, num_layers: int, broadcast_args: int) -> type:
+    """nn.scan of `layer` (rematerialised per cfg.remat_policy) with params stacked on a leading 'layers' axis."""
     policy = remat_policy(cfg.remat_policy)
     if policy is not None:
         layer = nn.remat(layer, policy=policy, prevent_cse=not cfg.scan_layers)
-    scanned = nn.scan(
+    return nn.scan(
         layer,
         variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
@@ -266,4 +297,50 @@ def layer_stack(layer: type[nn.Module], cfg: ExecConfig, num_layers: int, broadc
         unroll=1 if cfg.scan_layers else num_layers,
         metadata_params={nn.PARTITION_NAME: LAYER_AXIS},
     )
-    return scanned(cfg, name=name)
+
+
+class LayerStack(nn.Module):
+    """`layer` repeated `num_layers` times with params stacked on a leading 'layers' axis.
+
+    Called as stack(carry, per_layer_input, *broadcast) -> (carry, stacked per-layer outputs); the layer is
+    layer(cfg) called as layer(carry, per_layer_input, *broadcast) -> (carry, per_layer_output). With
+    cfg.scan_layers False the loop is fully unrolled (same parameter layout, so checkpoints work either way).
+    Where the compiler widens 16-bit slices (`widens_16bit_slices`) and some param is 16-bit, the loop reads
+    each layer through `pick_layer`; elsewhere it is nn.scan's own slicing.
+    """
+
+    layer: type[nn.Module]
+    cfg: ExecConfig
+    num_layers: int
+    broadcast_args: int
+
+    def setup(self):
+        self.stack = scanned_layers(self.layer, self.cfg, self.num_layers, self.broadcast_args)(self.cfg)
+        nn.share_scope(self, self.stack)
+
+    def __call__(self, carry: Any, xs: Any, *shared: Any) -> tuple[Any, Any]:
+        params = self.variables.get("params", {}) if not self.is_initializing() else {}
+        if not params or not (widens_16bit_slices(target_platform()) and _has_16bit_float(params)):
+            return self.stack(carry, xs, *shared)
+        return self.picked_loop(nn.unbox(params), carry, xs, shared)
+
+    def picked_loop(self, params: Any, carry: Any, xs: Any, shared: tuple) -> tuple[Any, Any]:
+        """The layer loop as a jax.lax.scan reading each layer's params through pick_layer."""
+        cfg, n = self.cfg, self.num_layers
+        layer = self.layer(cfg, parent=None)
+        stacked = jax.lax.stop_gradient(params)
+
+        def body(c, inputs):
+            index, shadow, x = inputs
+            return layer.apply({"params": pick_layer(stacked, shadow, index)}, c, x, *shared)
+
+        policy = remat_policy(cfg.remat_policy)
+        if policy is not None:
+            body = jax.checkpoint(body, policy=policy, prevent_cse=not cfg.scan_layers)
+        return jax.lax.scan(body, carry, (jnp.arange(n), params, xs), length=n,
+                            unroll=1 if cfg.scan_layers else n)
+
+
+def layer_stack(layer: type[nn.Module], cfg: ExecConfig, num_layers: int, broadcast_args: int, name: str) -> nn.Module:
+    """A LayerStack of `layer` named `name` (see LayerStack)."""
+    return LayerStack(layer, cfg, num_layers, broadcast_args, name=name)
