@@ -306,6 +306,8 @@ def main() -> None:
     p.add_argument("--new_tokens", type=int, default=9)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, help="write the report here too")
+    p.add_argument("--work", type=Path, help="keep each side's results and logits here (default: a temporary dir)")
+    p.add_argument("--resume", action="store_true", help="reuse the results of sides already in --work (one round)")
     p.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -326,12 +328,15 @@ def main() -> None:
     sides = args.sides.split(",")
     runs = {name: [] for name in sides}
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
+        out = args.work or Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
         load_before = harness.loadavg()
         for _ in range(args.rounds):
             for name in sides:
-                runs[name].append(run_side(name, args, out))
-                print(json.dumps({name: runs[name][-1]}), file=sys.stderr, flush=True)
+                done = out / f"{name}.json"
+                reuse = args.resume and done.exists()
+                runs[name].append(json.loads(done.read_text()) if reuse else run_side(name, args, out))
+                print(json.dumps({name: runs[name][-1], "reused": reuse}), file=sys.stderr, flush=True)
         load_after = harness.loadavg()
         report = {**env, **summarize(runs, decode_read_bytes(args.dir), bandwidth),
                   "load": {"before": round(load_before, 2), "after": round(load_after, 2)}}
