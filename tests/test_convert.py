@@ -6,7 +6,7 @@ import json
 import jax
 import numpy as np
 import pytest
-import safetensors
+import safetensors.numpy
 import torch
 import transformers
 

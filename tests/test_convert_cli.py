@@ -1,6 +1,7 @@
 """The convert CLI: HF -> Orbax -> HF round trip, with a tokenizer and processor that
 transformers' AutoProcessor loads and whose outputs drive the exported model."""
 
+import jax
 import numpy as np
 import torch
 import transformers
@@ -8,7 +9,7 @@ from PIL import Image
 
 import hf_reference as ref
 from xllava_jax.convert.__main__ import main as convert_main
-from xllava_jax import checkpoint
+from xllava_jax import checkpoint, cli
 
 VOCAB = 1024  # the 1000-piece test tokenizer + <image> (1000) + <pad> (1001), padded to 64
 
@@ -49,3 +50,20 @@ def test_fresh_llava_from_llama_and_clip_via_cli(tmp_path):
     model = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path / "out")
     assert model.config.text_config.vocab_size == cfg.text.vocab_size
     assert model.dtype == torch.bfloat16
+
+
+def test_conversion_too_big_for_the_host_stops_before_any_work(tmp_path, monkeypatch, capsys):
+    ref.llama(seed=15).save_pretrained(tmp_path / "llama")
+    convert_main(["hf-to-orbax", "--hf_dir", str(tmp_path / "llama"), "--out", str(tmp_path / "ckpt")])
+    weights = sum(x.nbytes for x in jax.tree.leaves(checkpoint.load_params(tmp_path / "ckpt")[1]))
+    monkeypatch.setattr(cli, "available_memory", lambda: weights // 2)
+    jobs = {"hf-to-orbax": ["--hf_dir", str(tmp_path / "llama")], "orbax-to-hf": ["--checkpoint", str(tmp_path / "ckpt")]}
+    for job, source in jobs.items():
+        out = tmp_path / f"{job}-out"
+        assert convert_main([job, *source, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{job} of" in err and "needs about" in err and cli.SKIP_MEMORY_CHECK_ENV in err, err
+        assert not out.exists()
+    monkeypatch.setenv(cli.SKIP_MEMORY_CHECK_ENV, "1")
+    assert convert_main(["orbax-to-hf", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "model.safetensors").exists()

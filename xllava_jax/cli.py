@@ -25,6 +25,29 @@ class UserError(Exception):
     """
 
 
+SKIP_MEMORY_CHECK_ENV = "XLLAVA_SKIP_MEMORY_CHECK"  # set to 1: run a step even when the host looks too small
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory available to a new allocation (/proc/meminfo MemAvailable; None where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def require_host_memory(needed: int, what: str) -> None:
+    """Raise UserError, before any work, when `what` needs more host memory than is available (unless
+    XLLAVA_SKIP_MEMORY_CHECK=1)."""
+    available = available_memory()
+    if available is None or needed <= available or os.environ.get(SKIP_MEMORY_CHECK_ENV) == "1":
+        return
+    raise UserError(f"{what} needs about {needed / 1e9:.1f} GB of host memory but only {available / 1e9:.1f} GB "
+                    f"is available (MemAvailable): free memory or use a bigger host, or set "
+                    f"{SKIP_MEMORY_CHECK_ENV}=1 to try anyway")
+
+
 # Exceptions that are about the user's paths rather than bugs in the code.
 PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError)
 

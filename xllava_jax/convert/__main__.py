@@ -13,16 +13,24 @@ import argparse
 import logging
 import sys
 
-from xllava_jax.cli import UserError, add_subparsers, new_parser, run_subcommand
-from xllava_jax.convert import grow, hf
+import jax
+
+from xllava_jax.cli import UserError, add_subparsers, new_parser, require_host_memory, run_subcommand
+from xllava_jax.convert import grow, hf, hf_config
 from xllava_jax.convert.layout import LLAVA_PREFIXES
 from xllava_jax.models.layers import DTYPES
 from xllava_jax.models.llava import LlavaConfig
-from xllava_jax.models.params import with_param_dtype
+from xllava_jax.models.params import abstract_params, with_param_dtype
 from xllava_jax.models.vocab import INIT_METHODS
 from xllava_jax import checkpoint
 
 log = logging.getLogger("xllava_jax.convert")
+HOST_FACTOR = 1.1  # host bytes a conversion needs per byte of params it holds (one leaf in flight, the runtime)
+
+
+def leaf_bytes(cfg) -> list[int]:
+    """Bytes of each of `cfg`'s params."""
+    return [x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(abstract_params(cfg))]
 
 
 def hf_to_orbax(args: argparse.Namespace) -> None:
@@ -30,25 +38,33 @@ def hf_to_orbax(args: argparse.Namespace) -> None:
     if args.llama_dir and not args.clip_dir:
         raise UserError("--llama_dir needs --clip_dir")
     if args.hf_dir:
-        kind = hf.read_hf_config(args.hf_dir).model_type
+        hf_cfg = hf.read_hf_config(args.hf_dir)
+        kind = hf_cfg.model_type
         loader = {"llava": hf.load_hf_llava, "llama": hf.load_hf_llama}.get(kind)
         if loader is None:
             raise UserError(f"{args.hf_dir}: model_type {kind!r} is not supported (llava or llama); "
                             "for a CLIP tower use --llama_dir with --clip_dir")
-        model, params = loader(args.hf_dir)
+        cfg = (hf_config.llava_from_hf if kind == "llava" else hf_config.llama_from_hf)(hf_cfg)
+        require_host_memory(int(HOST_FACTOR * hf.host_bytes(cfg, args.dtype)), f"hf-to-orbax of {args.hf_dir}")
+        model, params = loader(args.hf_dir, **({"param_dtype": args.dtype} if args.dtype else {}))
+        cfg = model.cfg
     else:
         model, params = hf.init_llava_from_hf(args.llama_dir, args.clip_dir, seed=args.seed,
                                               projector_type=args.projector_type, new_rows_init=args.new_rows_init)
-    cfg = model.cfg
-    if args.dtype:
-        params, cfg = hf.cast_params(params, args.dtype), with_param_dtype(cfg, args.dtype)
+        cfg = model.cfg
+        if args.dtype:
+            params, cfg = hf.cast_params(params, args.dtype), with_param_dtype(cfg, args.dtype)
     out = checkpoint.save_params(args.out, params, cfg)
     log.info("wrote %s (%s)", out, type(cfg).__name__)
 
 
 def orbax_to_hf(args: argparse.Namespace) -> None:
     """Export an Orbax checkpoint (a step or a workdir: its latest step) to an HF directory."""
-    cfg, params = checkpoint.load_params(args.checkpoint)
+    source = checkpoint.load_config(args.checkpoint)
+    cast = args.dtype and args.dtype != hf.params_dtype(abstract_params(source))
+    need = hf.host_bytes(source) + (max(leaf_bytes(source)) if cast else 0)
+    require_host_memory(int(HOST_FACTOR * need), f"orbax-to-hf of {args.checkpoint}")
+    cfg, params = checkpoint.load_params(args.checkpoint, to_host=True)
     if args.dtype:
         params, cfg = hf.cast_params(params, args.dtype), with_param_dtype(cfg, args.dtype)
     if isinstance(cfg, LlavaConfig):

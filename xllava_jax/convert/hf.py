@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import transformers
 
@@ -41,24 +44,65 @@ def read_hf_config(path: str | os.PathLike) -> Any:
     return transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
 
 
-def read_params(state: StateDict, abstract: dict, prefixes: list) -> dict:
+def read_params(state: StateDict, abstract: dict, prefixes: list, shardings: Any = None) -> dict:
     """Params shaped like `abstract` (see abstract_params) read from an HF state dict.
 
-    Every key and shape is checked; errors name the HF key and the directory.
+    Every key and shape is checked; errors name the HF key and the directory. Without `shardings`, NumPy
+    arrays; with `shardings` (a pytree like `abstract`), device arrays streamed to them (stream_leaf), so the
+    host holds at most one layer's tensor or one unstacked leaf beside what the devices hold.
     """
+    placements = dict(flatten(shardings)) if shardings is not None else None
     leaves = []
     for path, spec in flatten(abstract):
         stacked = is_stacked(path, prefixes)
-        if stacked:
-            value = np.stack([from_hf_layout(path, state.get(hf_key(path, prefixes, i))) for i in range(spec.shape[0])])
+        keys = [hf_key(path, prefixes, i) for i in range(spec.shape[0])] if stacked else [hf_key(path, prefixes)]
+        need = spec.shape[1:] if stacked else spec.shape
+        for key in keys:
+            have = from_hf_layout(path, state.get(key)).shape
+            if have != need:
+                raise ValueError(f"weight {key!r} in {state.directory} has shape {have}; the config needs {need}")
+        if placements is None:
+            leaves.append((path, host_leaf(state, keys, path, spec, stacked)))
         else:
-            value = from_hf_layout(path, state.get(hf_key(path, prefixes)))
-        if value.shape != spec.shape:
-            key = hf_key(path, prefixes, 0 if stacked else None)
-            have, need = (value.shape[1:], spec.shape[1:]) if stacked else (value.shape, spec.shape)
-            raise ValueError(f"weight {key!r} in {state.directory} has shape {have}; the config needs {need}")
-        leaves.append((path, value.astype(spec.dtype)))
+            leaves.append((path, stream_leaf(state, keys, path, spec, stacked, placements[path])))
     return unflatten(iter(leaves))
+
+
+def host_leaf(state: StateDict, keys: list[str], path: tuple, spec: Any, stacked: bool) -> np.ndarray:
+    """One param as a NumPy array in our layout and dtype from its HF tensors (one per layer when stacked); each
+    tensor's mapped pages are dropped once copied."""
+    value = np.empty(spec.shape, spec.dtype)
+    for i, key in enumerate(keys):
+        value[i if stacked else ...] = from_hf_layout(path, state.get(key))
+        state.release(key)
+    return value
+
+
+STREAM_MIN_BYTES = 64 << 20  # stacked leaves at least this big go to the device layer by layer
+
+
+@functools.lru_cache(maxsize=None)
+def _device_ops(kind: str, dtype: Any, shape: tuple, sharding: Any) -> tuple[Callable, Callable]:
+    """(zeros, write layer i in place) for stacked leaves of one kind, dtype, shape and sharding; an HF tensor is
+    moved to our layout (from_hf_layout) and cast on the device."""
+    zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+    write = jax.jit(lambda stack, raw, i: jax.lax.dynamic_update_index_in_dim(
+        stack, from_hf_layout((kind,), raw).astype(dtype), i, 0), out_shardings=sharding, donate_argnums=0)
+    return zeros, write
+
+
+def stream_leaf(state: StateDict, keys: list[str], path: tuple, spec: Any, stacked: bool, sharding: Any) -> jax.Array:
+    """One param on its devices: a big stacked leaf is written layer by layer in place (each layer's mapped pages
+    dropped once it is on the device); any other leaf is put whole from host_leaf."""
+    if not stacked or math.prod(spec.shape) * jnp.dtype(spec.dtype).itemsize < STREAM_MIN_BYTES:
+        return jax.device_put(host_leaf(state, keys, path, spec, stacked), sharding).block_until_ready()
+    zeros, write = _device_ops(path[-1], jnp.dtype(spec.dtype), tuple(spec.shape), sharding)
+    value = zeros()
+    for i, key in enumerate(keys):
+        value = write(value, state.get(key), i)
+        value.block_until_ready()
+        state.release(key)
+    return value
 
 
 def write_params(params: dict, path: str | os.PathLike, prefixes: list, hf_cfg: Any,
@@ -69,26 +113,33 @@ def write_params(params: dict, path: str | os.PathLike, prefixes: list, hf_cfg: 
     write_sharded(path, hf_tensors(params, prefixes), max_shard_bytes)
 
 
-def read_any_layout(state: StateDict, abstract: dict, layouts: dict) -> dict:
+def read_any_layout(state: StateDict, abstract: dict, layouts: dict, shardings: Any = None) -> dict:
     """read_params with the key layout detected from the checkpoint's keys."""
-    return read_params(state, abstract, layouts[detect_layout(set(state.keys()), abstract, layouts)])
+    return read_params(state, abstract, layouts[detect_layout(set(state.keys()), abstract, layouts)], shardings)
 
 
-def load_hf_llava(path: str | os.PathLike, **exec_kwargs: Any) -> tuple[Llava, dict]:
+Placement = Callable[[Any], Any] | None  # model config -> shardings pytree like its params (None: NumPy arrays)
+
+
+def load_hf_llava(path: str | os.PathLike, placement: Placement = None, **exec_kwargs: Any) -> tuple[Llava, dict]:
     """(model, params) from a transformers LlavaForConditionalGeneration directory.
 
     `exec_kwargs` set how the model runs (dtype, param_dtype, attention, scan_layers,
-    remat_policy); param_dtype defaults to the checkpoint's dtype.
+    remat_policy); param_dtype defaults to the checkpoint's dtype. With `placement`, params are device
+    arrays streamed to placement(cfg) (see read_params); else NumPy arrays.
     """
     cfg = hf_config.llava_from_hf(read_hf_config(path), **exec_kwargs)
     state = StateDict(path)
-    return build_model(cfg), read_any_layout(state, abstract_params(cfg), LLAVA_PREFIXES)
+    shardings = placement(cfg) if placement is not None else None
+    return build_model(cfg), read_any_layout(state, abstract_params(cfg), LLAVA_PREFIXES, shardings)
 
 
-def load_hf_llama(path: str | os.PathLike, **exec_kwargs: Any) -> tuple[Llama, dict]:
-    """(model, params) from a transformers LlamaForCausalLM directory (LLaMA-2, Vicuna)."""
+def load_hf_llama(path: str | os.PathLike, placement: Placement = None, **exec_kwargs: Any) -> tuple[Llama, dict]:
+    """(model, params) from a transformers LlamaForCausalLM directory (LLaMA-2, Vicuna); `placement` as in
+    load_hf_llava."""
     cfg = hf_config.llama_from_hf(read_hf_config(path), **exec_kwargs)
-    return build_model(cfg), read_params(StateDict(path), abstract_params(cfg), LLAMA_PREFIXES)
+    shardings = placement(cfg) if placement is not None else None
+    return build_model(cfg), read_params(StateDict(path), abstract_params(cfg), LLAMA_PREFIXES, shardings)
 
 
 def load_hf_clip(path: str | os.PathLike, **exec_kwargs: Any) -> tuple[CLIPVisionTransformer, dict]:
@@ -223,5 +274,21 @@ def params_dtype(params: dict) -> str:
 
 
 def cast_params(params: dict, dtype: str) -> dict:
-    """Params cast to a dtype name (e.g. bfloat16 for a smaller export)."""
-    return jax.tree_util.tree_map(lambda x: np.asarray(x).astype(DTYPES[dtype]), params)
+    """Params cast to a dtype name (e.g. bfloat16 for a smaller export), leaf by leaf in place: each source leaf
+    is dropped from `params` (and so freed) as its cast replaces it. Returns `params`."""
+    for node, key in [(node, key) for node in _dict_nodes(params) for key in node if not isinstance(node[key], dict)]:
+        node[key] = np.asarray(node[key]).astype(DTYPES[dtype])
+    return params
+
+
+def _dict_nodes(tree: dict) -> Iterator[dict]:
+    yield tree
+    for value in tree.values():
+        if isinstance(value, dict):
+            yield from _dict_nodes(value)
+
+
+def host_bytes(cfg: LlavaConfig | LlamaConfig, dtype: str | None = None) -> int:
+    """Bytes of `cfg`'s params in their dtype (or `dtype`)."""
+    item = (lambda x: jnp.dtype(DTYPES[dtype]).itemsize) if dtype else (lambda x: jnp.dtype(x.dtype).itemsize)
+    return sum(math.prod(x.shape) * item(x) for x in jax.tree_util.tree_leaves(abstract_params(cfg)))

@@ -205,10 +205,15 @@ def decode(model: Llava | Llama, params: Any, state: DecodeState, eos_ids: jax.A
     return state
 
 
-def place_params(cfg: LlavaConfig | LlamaConfig, params: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
-    """Params put on `mesh` the way training shards them (logical axes -> mesh axes)."""
-    shardings = tree_shardings(param_logical_axes(cfg), abstract_params(cfg), mesh, rules)
-    return jax.device_put(params, shardings)
+def place_params(cfg: LlavaConfig | LlamaConfig, params: Any, mesh: Mesh | None, rules: Rules = DEFAULT_RULES) -> Any:
+    """Params put on `mesh` the way training shards them (logical axes -> mesh axes), or on the first local device
+    without a mesh; one leaf at a time, each transfer finished before the next (arrays already placed stay)."""
+    if mesh is not None:
+        shardings = tree_shardings(param_logical_axes(cfg), abstract_params(cfg), mesh, rules)
+    else:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree_util.tree_map(lambda _: device, params)
+    return jax.tree_util.tree_map(lambda x, s: jax.device_put(x, s).block_until_ready(), params, shardings)
 
 
 def finish(ids: np.ndarray, eos_ids: Sequence[int], stream: TextStream | None) -> Generation:
@@ -227,12 +232,14 @@ def finish(ids: np.ndarray, eos_ids: Sequence[int], stream: TextStream | None) -
 
 
 class Engine:
-    """A model with its params (placed on a mesh when one is given), generating from token-id prompts."""
+    """A model with its params on the device(s) (on a mesh when one is given, else the first local device),
+    generating from token-id prompts. Host (NumPy) params are copied over leaf by leaf; the engine keeps only
+    device arrays (infer.loading.load_model returns them already placed)."""
 
     def __init__(self, model: Llava | Llama, params: Any, tokenizer: Any = None, mesh: Mesh | None = None,
                  rules: Rules = DEFAULT_RULES):
         self.model, self.tokenizer, self.mesh, self.rules = model, tokenizer, mesh, tuple(rules)
-        self.params = place_params(model.cfg, params, mesh, rules) if mesh is not None else params
+        self.params = place_params(model.cfg, params, mesh, rules)
 
     @contextlib.contextmanager
     def sharding_context(self) -> Iterator[None]:

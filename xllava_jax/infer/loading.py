@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import jax
 from jax.sharding import Mesh
 
 from xllava_jax.convert.hf import load_hf_llama, load_hf_llava, read_hf_config
@@ -32,12 +33,23 @@ def with_dtype(cfg: LlavaConfig | LlamaConfig, dtype: str) -> LlavaConfig | Llam
     return dataclasses.replace(cfg, dtype=dtype)
 
 
+def placement(mesh: Mesh | None) -> Callable[[Any], Any]:
+    """Model config -> where each param goes: its training sharding on `mesh`, else the first local device."""
+    def shardings(cfg: Any) -> Any:
+        abstract = abstract_params(cfg)
+        if mesh is not None:
+            return tree_shardings(param_logical_axes(cfg), abstract, mesh)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree_util.tree_map(lambda _: device, abstract)
+    return shardings
+
+
 def load_model(checkpoint: str | os.PathLike, *, dtype: str | None = None, mesh: Mesh | None = None
                ) -> tuple[Llava | Llama, Any]:
     """(model, params) of an Orbax checkpoint / training workdir (latest step) or an HF LLaVA or LLaMA directory.
 
-    `dtype` sets the compute dtype (params keep their stored dtype); with `mesh`, Orbax params
-    are restored straight onto their training shardings.
+    `dtype` sets the compute dtype (params keep their stored dtype). Params are device arrays, streamed one
+    tensor at a time to their training shardings on `mesh`, or to the first local device without one.
     """
     if not os.path.exists(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
@@ -45,13 +57,12 @@ def load_model(checkpoint: str | os.PathLike, *, dtype: str | None = None, mesh:
     if is_hf_dir(checkpoint):
         model_type = read_hf_config(checkpoint).model_type
         if model_type == "llava":
-            return load_hf_llava(checkpoint, **kwargs)
+            return load_hf_llava(checkpoint, placement(mesh), **kwargs)
         if model_type == "llama":
-            return load_hf_llama(checkpoint, **kwargs)
+            return load_hf_llama(checkpoint, placement(mesh), **kwargs)
         raise ValueError(f"{checkpoint}/config.json has model_type {model_type!r}; expected 'llava' or 'llama'")
     cfg = load_config(checkpoint)
-    shardings = tree_shardings(param_logical_axes(cfg), abstract_params(cfg), mesh) if mesh is not None else None
-    cfg, params = load_params(checkpoint, shardings)
+    cfg, params = load_params(checkpoint, placement(mesh)(cfg))
     return build_model(with_dtype(cfg, dtype) if dtype else cfg), params
 
 
