@@ -1,7 +1,7 @@
 """LLaVA-1.5-7B shapes on one host (benchmark, not a test): ours against transformers on the same llava-hf directory.
 
-Builds (or reuses, `--dir`) a LLaVA-1.5-7B-shaped llava-hf directory: random bf16 weights in one safetensors file,
-written tensor by tensor (never a float32 copy of the model). Each side then runs in its own process, so peak
+Builds (bench/real_shape_build.py) or reuses (`--dir`) a LLaVA-1.5-7B-shaped llava-hf directory: random bf16
+weights in one safetensors file, streamed to disk (never a float32 copy of the model). Each side then runs in its own process, so peak
 memory is per side; the sides alternate (ours, transformers, ours, ... `--rounds`), each pinned to the same CPUs
 (bench/harness.py). Per side: load seconds and peak RSS; prefill seconds of the 617-token image prompt (576 image
 tokens + 41 text; ours: the jitted prefill of `infer.generate`, theirs: the forward pass with a KV cache);
@@ -24,7 +24,6 @@ import json
 import os
 import resource
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -35,88 +34,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
 import numpy as np  # noqa: E402
+import real_shape_build  # noqa: E402
 
-IMAGE_TOKEN, PAD_TOKEN = 32000, 32001
-TEXT_7B = dict(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-               num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
-VISION_L336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                   image_size=336, patch_size=14, projection_dim=768)
-TINY = (dict(vocab_size=32064, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=4), dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                          num_attention_heads=4, image_size=336, patch_size=14, projection_dim=64))
+IMAGE_TOKEN = 32000  # llava-hf's image token id
+TINY = dict(layers=2, vision_layers=2, hidden=256, mlp=512, heads=4)  # --tiny: a smoke run of the script
 DECODE_PROMPT = 32  # tokens of the text prompt whose decode rate is measured
-CHUNK = 1 << 24  # elements generated at a time while writing the directory
-
-
-def hf_config(text: dict, vision: dict):
-    """transformers' LlavaConfig of LLaVA-1.5 (llava-hf ids, mlp2x_gelu, feature layer -2) at the given sizes."""
-    import transformers
-    cfg = transformers.LlavaConfig(vision_config=transformers.CLIPVisionConfig(**vision).to_dict(),
-                                   text_config=transformers.LlamaConfig(**text).to_dict(),
-                                   image_token_index=IMAGE_TOKEN, projector_hidden_act="gelu",
-                                   vision_feature_layer=-2, vision_feature_select_strategy="default")
-    cfg.pad_token_id = PAD_TOKEN
-    cfg.dtype = "bfloat16"
-    return cfg
-
-
-HUB_NAMES = (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
-             ("model.vision_tower.", "vision_tower.vision_model."), ("model.multi_modal_projector.",
-                                                                   "multi_modal_projector."))
-
-
-def hub_name(name: str) -> str:
-    """The llava-hf checkpoint name (the hub's layout, which every transformers version loads) of a module key."""
-    for ours, hub in HUB_NAMES:
-        if name.startswith(ours):
-            return hub + name[len(ours):]
-    raise ValueError(f"unexpected LLaVA tensor {name!r}")
-
-
-def tensor_shapes(cfg) -> dict[str, tuple[int, ...]]:
-    """Every saved tensor's llava-hf name and shape, from a model built on the meta device (no memory)."""
-    import torch
-    import transformers
-    with torch.device("meta"):
-        model = transformers.LlavaForConditionalGeneration(cfg)
-    return {hub_name(name): tuple(t.shape) for name, t in model.state_dict().items()}
-
-
-def random_bf16(rng: np.random.Generator, size: int, name: str) -> np.ndarray:
-    """`size` random bf16 values as uint16 bits: N(0, 0.02^2) weights and biases, norm scales N(1, 0.02^2)."""
-    x = rng.standard_normal(size, dtype=np.float32) * np.float32(0.02)
-    if "norm" in name and name.endswith("weight"):
-        x += np.float32(1.0)
-    return (x.view(np.uint32) >> 16).astype(np.uint16)  # truncation to bf16
-
-
-def build_dir(path: Path, text: dict, vision: dict, seed: int = 0) -> int:
-    """Write config.json and one model.safetensors of random bf16 weights, one chunk in memory at a time; returns
-    the file's bytes."""
-    path.mkdir(parents=True, exist_ok=True)
-    cfg = hf_config(text, vision)
-    shapes = tensor_shapes(cfg)
-    header, offset = {}, 0
-    for name, shape in shapes.items():
-        nbytes = 2 * int(np.prod(shape))
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    header["__metadata__"] = {"format": "pt"}
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    rng = np.random.default_rng(seed)
-    tmp = path / "model.safetensors.partial"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for name, shape in shapes.items():
-            left = int(np.prod(shape))
-            while left:
-                n = min(left, CHUNK)
-                f.write(random_bf16(rng, n, name).tobytes())
-                left -= n
-    tmp.rename(path / "model.safetensors")
-    cfg.save_pretrained(str(path))
-    return 8 + len(raw) + offset
 
 
 def copy_bandwidth(gb: float = 1.0, repeats: int = 5) -> float:
@@ -180,13 +102,7 @@ def side_ours(directory: Path, new_tokens: int, repeats: int, out: Path) -> dict
 
     start = time.perf_counter()
     model, params = load_model(directory, dtype="bfloat16")
-    leaves, tree = jax.tree.flatten(params)
-    del params
-    for i, leaf in enumerate(leaves):  # one host copy at a time (a no-op for device arrays)
-        leaves[i] = jax.device_put(leaf)
-        leaves[i].block_until_ready()
-    params = jax.tree.unflatten(tree, leaves)
-    del leaves
+    jax.block_until_ready(params)
     load_s, load_rss = time.perf_counter() - start, peak_rss_gb()
     ids, image = image_prompt(), pixels(model.cfg.vision.image_size)
     engine = Engine(model, params)
@@ -324,9 +240,9 @@ def main() -> None:
     if args.dir is None:
         args.dir = args.build_dir
         if not (args.dir / "model.safetensors").exists():
-            start = time.perf_counter()
-            size = build_dir(args.dir, *(TINY if args.tiny else (TEXT_7B, VISION_L336)))
-            print(f"built {args.dir}: {size / 1e9:.2f} GB in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+            cfg = real_shape_build.llava7b(**(TINY if args.tiny else {}))
+            summary = real_shape_build.build(args.dir, cfg)
+            print(f"built {args.dir}: {summary['bytes'] / 1e9:.2f} GB in {summary['seconds']} s", file=sys.stderr)
     env = harness.environment()
     bandwidth = copy_bandwidth()
     sides = args.sides.split(",")
