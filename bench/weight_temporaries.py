@@ -10,8 +10,9 @@ cpu: XLA:CPU memory analysis (compile only, ShapeDtypeStruct inputs, nothing all
      what the activations need (an estimate printed beside it: logits, one layer's float32 weights, attention
      scores, the cache).
 aot: the AOT memory report (xllava_jax.aot.run: the TPU compiler's memory_analysis of the shipped training
-     step, configs/llava15_7b.py:stage2, float32 params, bf16 compute, remat full) for `--topology`: temporaries
-     per device against the params per device.
+     step, configs/llava15_7b.py:stage2, float32 params, bf16 compute, remat full, at one 2048-token row per
+     chip so the activations stay small) for `--topology`: temporaries per device against the params per device
+     (a bf16 copy of every weight would add half the params' bytes).
 Prints one JSON report.
 """
 
@@ -118,13 +119,24 @@ def aot_rows(topology: str) -> list[dict]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config("stage2")
+    config.train.update(batch_size=aot.parse_topology(topology).chips, grad_accum=1)  # one row per chip
     start = time.perf_counter()
     summary, attention = aot.run(config, topology, "train", exact_cost=False)
     b = summary["bytes_per_device"]
-    return [{"program": f"AOT train step {topology} ({attention})", "params_gb_per_device": round(b["params"] / 1e9, 3),
+    rows = [{"program": f"AOT train step {topology} ({attention})", "params_gb_per_device": round(b["params"] / 1e9, 3),
              "temp_gb_per_device": round(b["temporaries"] / 1e9, 3),
              "temp_over_params": round(b["temporaries"] / b["params"], 3), "fits": summary["fits"],
              "compile_s": round(time.perf_counter() - start, 1)}]
+    # Per decoder layer: the step's temporaries grow by the layer's float32 gradient (as many bytes as its
+    # params) plus its saved activations; a bf16 copy of the weights made outside the loop would add half more.
+    devices, cfg = aot.tpu_devices(aot.parse_topology(topology)), aot.model_for(config)
+    sized = {n: aot.compile_train(config, dataclasses.replace(cfg, text=dataclasses.replace(
+        cfg.text, num_hidden_layers=n)), devices)["bytes_per_device"] for n in (2, 4)}
+    d_temp, d_params = (sized[4][k] - sized[2][k] for k in ("temporaries", "params"))
+    rows.append({"program": f"AOT train step {topology}, per decoder layer (4 vs 2 layers)",
+                 "params_mb_per_device": round(d_params / 2 / 1e6, 1), "temp_mb_per_device": round(d_temp / 2 / 1e6, 1),
+                 "temp_over_params": round(d_temp / d_params, 3)})
+    return rows
 
 
 def main() -> None:
