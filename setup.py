@@ -23,6 +23,7 @@ setup(
         "pillow>=13.0.0",
         "ml-collections>=1.1.0",
         "safetensors>=0.8.0",
+        "ml-dtypes>=0.7.0",  # bfloat16 NumPy views of memory-mapped safetensors
         "numpy>=2.4",
         "tqdm>=4.70",
         "protobuf>=7.36",
