@@ -23,12 +23,12 @@ def scaled_diff(got, want) -> float:
 TOLERANCE = 1e-5  # on scaled_diff, for float32 parity with transformers
 
 
-def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Overwrite every parameter with N(0, 0.1^2) (norm weights around 1) so errors are visible."""
+def randomize(model: torch.nn.Module, seed: int, std: float = 0.1) -> torch.nn.Module:
+    """Overwrite every parameter with N(0, std^2) (norm weights around 1) so errors are visible."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen) * 0.1
+            noise = torch.randn(p.shape, generator=gen) * std
             p.copy_(1.0 + noise if "norm" in name and name.endswith("weight") else noise)
     return model.eval()
 
@@ -45,15 +45,15 @@ def clip_vision(seed: int = 0, **overrides) -> transformers.CLIPVisionModel:
     return randomize(transformers.CLIPVisionModel(cfg), seed)
 
 
-def llava(seed: int = 0, text: dict | None = None, vision: dict | None = None,
+def llava(seed: int = 0, text: dict | None = None, vision: dict | None = None, std: float = 0.1,
           **overrides) -> transformers.LlavaForConditionalGeneration:
-    """A random LlavaForConditionalGeneration with image token IMAGE_TOKEN."""
+    """A random LlavaForConditionalGeneration with image token IMAGE_TOKEN (weights N(0, std^2), see randomize)."""
     cfg = transformers.LlavaConfig(
         vision_config=transformers.CLIPVisionConfig(**{**VISION, **(vision or {})}).to_dict(),
         text_config=transformers.LlamaConfig(**{**TEXT, **(text or {})}).to_dict(),
         **{"image_token_index": IMAGE_TOKEN, **overrides})
     cfg.pad_token_id = PAD_TOKEN
-    return randomize(transformers.LlavaForConditionalGeneration(cfg), seed)
+    return randomize(transformers.LlavaForConditionalGeneration(cfg), seed, std)
 
 
 def images_nhwc(count: int, size: int, seed: int = 0) -> np.ndarray:

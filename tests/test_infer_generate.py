@@ -1,6 +1,7 @@
 """KV-cache generation against transformers' generate and against our own full (uncached) forward."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -183,3 +184,42 @@ def test_sharded_generation_on_four_devices_equals_single_device(llava_dir):
     code = SHARDED.format(tests=os.path.dirname(__file__), path=str(llava_dir))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def cache_copies(hlo: str, shapes: set) -> list[str]:
+    """Instructions of a compiled HLO module that copy or transpose an array of one of `shapes` (unit dims dropped,
+    dims as a sorted tuple): copies, transposes and fusions named after them."""
+    found = []
+    for line in hlo.splitlines():
+        head = line.split(", metadata=")[0]
+        match = re.search(r"%(\S+) = [a-z0-9]+\[([0-9,]*)\]\{[^}]*\} ([a-z\-]+)\(", head)
+        if match is None:
+            continue
+        name, dims, op = match.groups()
+        if op in ("copy", "transpose") or (op == "fusion" and ("copy" in name or "transpose" in name)):
+            if tuple(sorted(int(d) for d in dims.split(",") if d and int(d) != 1)) in shapes:
+                found.append(head.strip())
+    return found
+
+
+def test_decode_step_updates_the_cache_in_place(llama_dir):
+    """The compiled decode loop writes each new key/value into the carried [layers, ...] cache and reads a layer's
+    keys without rebuilding the cache per layer or transposing it per step."""
+    from xllava_jax.infer.batching import collate
+    from xllava_jax.infer.generate import kv_segments, prefill, decode
+
+    model, params = convert.load_hf_llama(llama_dir)
+    cfg, batch, prompt_len, max_new = model.cfg, 2, 7, 40
+    engine = Engine(model, params)
+    arrays = engine.device_batch(collate(text_prompts(0, [prompt_len] * batch), None, batch, 0, None, None))
+    eos = jax.numpy.asarray([2], jax.numpy.int32)
+    state = prefill(model, params, *arrays, eos, jax.random.PRNGKey(0), max_new_tokens=max_new,
+                    sampling=SamplingConfig())
+    hlo = decode.lower(model, params, state, eos, jax.numpy.int32(max_new),
+                       sampling=SamplingConfig()).compile().as_text()
+    padded = state.key_mask.shape[1] - max_new  # the prompt's length bucket
+    views = [padded + end for end in kv_segments(max_new)]
+    dims = [(batch, cfg.num_key_value_heads, s, cfg.dim_per_head) for s in views]
+    shapes = {tuple(sorted(d)) for d in dims} | {tuple(sorted((cfg.num_hidden_layers,) + d)) for d in dims}
+    assert len(shapes) == 2 * len(views) and len(views) > 1
+    assert cache_copies(hlo, shapes) == []

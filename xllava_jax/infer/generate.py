@@ -27,12 +27,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from xllava_jax.infer.batching import Images, PromptBatch, collate
 from xllava_jax.infer.sampling import SamplingConfig, choose_tokens, mark_seen
 from xllava_jax.infer.streaming import TextStream
-from xllava_jax.models.llama import KVCache, Llama, LlamaConfig, init_cache
+from xllava_jax.models.llama import CACHE_LENGTH_AXIS, KVCache, Llama, LlamaConfig, init_cache
 from xllava_jax.models.llava import Llava, LlavaConfig
 from xllava_jax.models.params import abstract_params, param_logical_axes
 from xllava_jax.sharding import DEFAULT_RULES, Rules, spec_for, tree_shardings
 
-CACHE_AXES = (None, "activation_batch", None, "kv_heads", None)  # [layers, B, max_len, kv_heads, head_dim]
+CACHE_AXES = (None, "activation_batch", "kv_heads", None, None)  # [layers, B, kv_heads, max_len, head_dim]
 DEFAULT_STEPS_PER_CALL = None  # auto: see chunk_schedule
 FIRST_CHUNK, MAX_CHUNK = 16, 128  # auto chunks with stop strings or streaming: 16, 32, 64, 128, 128, ...
 # One decode call costs ~35 ms of host round trip on a 2-core CPU, about 7 batch-1 steps of the bench model
@@ -123,8 +123,9 @@ def prefill(model: Llava | Llama, params: Any, input_ids: jax.Array, mask: jax.A
     cache = constrain_cache(init_cache(cfg, b, p), mesh, rules)  # attend over the prompt only
     logits, cache = model.apply({"params": params}, input_ids, pixel_values, mask, positions, cache, 0,
                                 method=last_logits)
-    cache = constrain_cache(KVCache(*(jnp.pad(x, ((0, 0), (0, 0), (0, max_new_tokens), (0, 0), (0, 0)))
-                                      for x in cache)), mesh, rules)
+    slots = [(0, 0)] * cache.k.ndim
+    slots[CACHE_LENGTH_AXIS] = (0, max_new_tokens)
+    cache = constrain_cache(KVCache(*(jnp.pad(x, slots) for x in cache)), mesh, rules)
     key_mask = jnp.concatenate([mask, jnp.ones((b, max_new_tokens), mask.dtype)], axis=1)
     seen = jnp.zeros((b, cfg.vocab_size if sampling.repetition_penalty != 1.0 else 0), bool)
     if seen.shape[1]:
@@ -191,9 +192,11 @@ def decode(model: Llava | Llama, params: Any, state: DecodeState, eos_ids: jax.A
         view = prompt_len + end
         if view >= full:
             return jax.lax.while_loop(running, step, s)
-        sub = s._replace(cache=KVCache(*(x[:, :, :view] for x in s.cache)), key_mask=s.key_mask[:, :view])
+        sub = s._replace(cache=KVCache(*(jax.lax.slice_in_dim(x, 0, view, axis=CACHE_LENGTH_AXIS) for x in s.cache)),
+                         key_mask=s.key_mask[:, :view])
         sub = jax.lax.while_loop(lambda x: running(x) & (x.step < end), step, sub)
-        cache = KVCache(*(jax.lax.dynamic_update_slice_in_dim(x, y, 0, axis=2) for x, y in zip(s.cache, sub.cache)))
+        cache = KVCache(*(jax.lax.dynamic_update_slice_in_dim(x, y, 0, axis=CACHE_LENGTH_AXIS)
+                          for x, y in zip(s.cache, sub.cache)))
         return sub._replace(cache=cache, key_mask=s.key_mask)
 
     for end in kv_segments(max_new):

@@ -56,17 +56,38 @@ def float32_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_e
 
 
 class KVCache(NamedTuple):
-    """Keys and values of every layer, [layers, B, max_len, kv_heads, head_dim]."""
+    """Keys and values of every layer, [layers, B, kv_heads, max_len, head_dim]: each head's slots are contiguous,
+    so attention reads a layer's keys without a transpose, and a decode step writes one slot per layer in place."""
 
     k: jax.Array
     v: jax.Array
 
 
+CACHE_LENGTH_AXIS = 3  # the slot axis of KVCache arrays
+
+
 def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
     """An empty KV cache for `batch` sequences of up to `max_len` tokens."""
-    shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.dim_per_head)
+    shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.dim_per_head)
     dtype = dtype or cfg.jnp_dtype
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def cache_write(cache: KVCache, layer: jax.Array, k: jax.Array, v: jax.Array, index: jax.Array | int) -> KVCache:
+    """The cache with keys and values [B, T, K, D] written at slots [index, index + T) of `layer` (an update of the
+    whole [layers, ...] arrays, which XLA does in place when the cache is a loop carry)."""
+    zero = jnp.zeros((), jnp.int32)
+    start = (jnp.asarray(layer, jnp.int32), zero, zero, jnp.asarray(index, jnp.int32), zero)
+
+    def put(buf: jax.Array, x: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_update_slice(buf, jnp.swapaxes(x, 1, 2)[None].astype(buf.dtype), start)
+
+    return KVCache(put(cache.k, k), put(cache.v, v))
+
+
+def cache_read(buf: jax.Array, layer: jax.Array) -> jax.Array:
+    """One layer's cached keys or values as [B, max_len, K, D]."""
+    return jnp.swapaxes(jax.lax.dynamic_index_in_dim(buf, layer, 0, keepdims=False), 1, 2)
 
 
 def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -105,7 +126,7 @@ class Attention(nn.Module):
     cfg: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, rope, mask, layer_cache, cache_index):
+    def __call__(self, x, rope, mask, cache, layer, cache_index):
         cfg = self.cfg
         b, t, _ = x.shape
         hd, nq, nkv = cfg.dim_per_head, cfg.num_attention_heads, cfg.num_key_value_heads
@@ -115,13 +136,12 @@ class Attention(nn.Module):
         q = apply_rope(q.reshape(b, t, nq, hd), *rope)
         k = apply_rope(k.reshape(b, t, nkv, hd), *rope)
         v = v.reshape(b, t, nkv, hd)
-        if layer_cache is not None:
-            k = jax.lax.dynamic_update_slice_in_dim(layer_cache.k, k.astype(layer_cache.k.dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(layer_cache.v, v.astype(layer_cache.v.dtype), cache_index, axis=1)
-            layer_cache = KVCache(k, v)
+        if cache is not None:
+            cache = cache_write(cache, layer, k, v, cache_index)
+            k, v = cache_read(cache.k, layer), cache_read(cache.v, layer)
         out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, cfg.attention, cfg.dtype).reshape(b, t, nq * hd)
         out = dense(cfg.hidden_size, ("q_heads", "embed"), cfg, use_bias=cfg.attention_bias, name="o_proj")(out)
-        return out, layer_cache
+        return out, cache
 
 
 class MLP(nn.Module):
@@ -139,19 +159,21 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """One pre-norm decoder block; a scan body: (hidden, layer_cache, *shared) -> (hidden, layer_cache)."""
+    """One pre-norm decoder block; a scan body: ((hidden, cache), layer index, *shared) -> ((hidden, cache), None).
+    The whole cache (or None) is carried through the layers, each writing and reading its own slice."""
 
     cfg: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, layer_cache, rope, mask, cache_index):
+    def __call__(self, carry, layer, rope, mask, cache_index):
         cfg = self.cfg
+        x, cache = carry
         x = constrain(x, BATCH_LENGTH_EMBED)
-        h, layer_cache = Attention(cfg, name="self_attn")(
-            RMSNorm(cfg.rms_norm_eps, cfg, name="input_layernorm")(x), rope, mask, layer_cache, cache_index)
+        h, cache = Attention(cfg, name="self_attn")(
+            RMSNorm(cfg.rms_norm_eps, cfg, name="input_layernorm")(x), rope, mask, cache, layer, cache_index)
         x = x + h
         x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, cfg, name="post_attention_layernorm")(x))
-        return x, layer_cache
+        return (x, cache), None
 
 
 class Llama(nn.Module):
@@ -186,10 +208,11 @@ class Llama(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(cache_index + jnp.arange(t), (b, t))
         rope = rope_cos_sin(positions, self.cfg.dim_per_head, self.cfg.rope_theta)
-        num_keys = t if cache is None else cache.k.shape[2]
+        num_keys = t if cache is None else cache.k.shape[CACHE_LENGTH_AXIS]
         mask = MaskSpec(attention_mask, segment_ids, cache_index, num_keys=num_keys, causal=True,
                         cached=cache is not None)
-        hidden, cache = self.layers(embeds.astype(self.cfg.jnp_dtype), cache, rope, mask, cache_index)
+        layers = jnp.arange(self.cfg.num_hidden_layers, dtype=jnp.int32)
+        (hidden, cache), _ = self.layers((embeds.astype(self.cfg.jnp_dtype), cache), layers, rope, mask, cache_index)
         return self.norm(hidden), cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
