@@ -1,7 +1,7 @@
 """Continuous batching over a fixed number of KV-cache slots: prefill one request, insert it into a free slot,
 generate for every busy slot at once (JetStream's prefill / insert / generate).
 
-Each slot is one row of a [layers, slots, max_len, kv_heads, head_dim] cache with its own length (next cache
+Each slot is one row of a [layers, slots, kv_heads, max_len, head_dim] cache with its own length (next cache
 slot written), position id, sampling setting and random key; a decode step runs the model on every row through
 `jax.vmap` of a batch-1 step, so each row writes and attends at its own cache index and greedy answers do not
 depend on what the other rows hold. A prompt is prefilled alone, left-padded to a length bucket exactly as
@@ -22,7 +22,7 @@ import numpy as np
 from xllava_jax.infer.batching import Images, bucket_length, collate
 from xllava_jax.infer.generate import Engine, last_logits, text_config
 from xllava_jax.infer.sampling import top_p_filter
-from xllava_jax.models.llama import KVCache, Llama, init_cache
+from xllava_jax.models.llama import CACHE_LENGTH_AXIS, KVCache, Llama, init_cache
 from xllava_jax.models.llava import Llava, LlavaConfig
 
 NO_TOKEN = -1  # what a chunk's output holds for a row that made no token at that step
@@ -49,7 +49,7 @@ class RowSampling:
 class SlotState(NamedTuple):
     """The device state of every slot."""
 
-    cache: KVCache  # [layers, S, L, kv_heads, head_dim]
+    cache: KVCache  # [layers, S, kv_heads, L, head_dim]
     key_mask: jax.Array  # [S, L] int32, 1 = a real token in that cache slot
     length: jax.Array  # [S] int32, cache slot the next token is written to
     position: jax.Array  # [S] int32, position id of the next input token
@@ -158,12 +158,13 @@ def generate_chunk(model: Llava | Llama, params: Any, state: SlotState, stop: ja
         s, _, _, _, i = carry
         return (i < steps) & ~jnp.all(s.done)
 
-    cache = KVCache(*(x[:, :, :view] for x in state.cache))
+    cache = KVCache(*(jax.lax.slice_in_dim(x, 0, view, axis=CACHE_LENGTH_AXIS) for x in state.cache))
     out = jnp.full((slots, steps), NO_TOKEN, jnp.int32)
     rest = state._replace(cache=None, key_mask=None)  # the loop carries only the view of the cache
     s, cache, key_mask, out, _ = jax.lax.while_loop(running, step,
                                                     (rest, cache, state.key_mask[:, :view], out, jnp.int32(0)))
-    full = KVCache(*(jax.lax.dynamic_update_slice_in_dim(x, y, 0, axis=2) for x, y in zip(state.cache, cache)))
+    full = KVCache(*(jax.lax.dynamic_update_slice_in_dim(x, y, 0, axis=CACHE_LENGTH_AXIS)
+                     for x, y in zip(state.cache, cache)))
     return s._replace(cache=full, key_mask=jax.lax.dynamic_update_slice_in_dim(state.key_mask, key_mask, 0, axis=1)), out
 
 
