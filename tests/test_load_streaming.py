@@ -1,5 +1,6 @@
-"""Loading streams: `infer.loading.load_model` of a bf16 llava-hf directory (~0.6 GB of random weights in the
-LLaVA-1.5 key layout, narrowed 7B shapes, ~1.2 GB so that fixed costs stay well inside the margin, written by bench/real_shape_build.py) and an `infer.Engine` built on
+"""Loading streams: `infer.loading.load_model` of a bf16 llava-hf directory (~1.2 GB of random weights in the
+LLaVA-1.5 key layout, narrowed 7B shapes, written by bench/real_shape_build.py; at that size a load's fixed
+~0.1 GB stays well inside the margin) and an `infer.Engine` built on
 its params raise the process's peak resident memory by at most 1.2x the weight bytes (a whole-tree host copy,
 or a host tree next to the device one, is 2x). The load runs in a fresh subprocess that reports its peak
 (VmHWM) growth over the resident size before loading, after loading a tiny model of the same layout first (XLA's
