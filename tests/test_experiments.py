@@ -17,11 +17,16 @@ EXPECTED_METRICS = {"acc_en", "acc_ko", "acc_zh", "acc_non_en", "acc_ko_fruit", 
 @pytest.mark.slow
 def test_quick_run_all_suites(tmp_path):
     out = tmp_path / "exp"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-m", "xllava_jax.experiments", "run", "--suite", "all", "--quick",
-                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_experiments("run", "--suite", "all", "--quick", "--out", str(out))
     check_quick_output(out)
+
+
+def run_experiments(*args: str) -> None:
+    """`python -m xllava_jax.experiments ARGS` on the CPU in a subprocess; fails with its stderr's tail."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "xllava_jax.experiments", *args], env=env, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 def check_quick_output(out):

@@ -3,12 +3,10 @@ frozen ViT, three arms' stages with their streams, generation and forced-choice 
 4-9 minutes on the shared 2-core CPU (load 7-10). No claims are checked."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from test_experiments import run_experiments
 from xllava_jax.experiments.v2.config import apply_quick, study_config
 from xllava_jax.experiments.v2.study import study_arms
 
@@ -19,10 +17,7 @@ EXPECTED = {"acc_en", "acc_ko", "acc_zh", "acc_non_en", "acc_ko_position", "acc_
 @pytest.mark.slow
 def test_quick_run_study_v2(tmp_path):
     out = tmp_path / "v2"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-m", "xllava_jax.experiments", "run", "--study", "v2", "--quick",
-                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_experiments("run", "--study", "v2", "--quick", "--out", str(out))
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))["v2"]
     assert list(results) == [a.name for a in study_arms(apply_quick(study_config()))]
     for entry in results.values():
