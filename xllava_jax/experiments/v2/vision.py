@@ -1,6 +1,7 @@
-"""Study v2's frozen vision tower: a small CLIP ViT pretrained once (world seed) to classify colour, shape and
-position from the hidden state the projector reads (HF layer -2, every patch token), on freshly drawn scenes of
-all 48 triples; saved as an HF CLIPVisionModel directory that stage 1 loads with `init.clip_dir` (both papers
+"""Study v2's frozen vision tower: a small CLIP ViT pretrained once (world seed) so that **every** patch token of
+the hidden state the projector reads (HF layer -2) classifies the scene's colour, shape and position (one head
+per attribute, shared by the tokens), on freshly drawn scenes of all 48 triples; like CLIP's patch tokens, each
+image token then carries the scene's content, not only the patch under it (DESIGN.md, amendment A1); saved as an HF CLIPVisionModel directory that stage 1 loads with `init.clip_dir` (both papers
 freeze a pretrained CLIP). PyTorch + transformers, as the reference implementation of CLIP in this project."""
 
 from __future__ import annotations
@@ -45,9 +46,15 @@ def labelled_scenes(count: int, seed: int, w: ml_collections.ConfigDict):
 
 
 def features(model, pixels):
-    """The flattened patch tokens of hidden layer -2 (what the LLaVA projector reads)."""
+    """The patch tokens of hidden layer -2, [N, tokens, hidden] (what the LLaVA projector reads)."""
     out = model(pixel_values=pixels, output_hidden_states=True)
-    return out.hidden_states[-2][:, 1:].flatten(1)
+    return out.hidden_states[-2][:, 1:]
+
+
+def token_loss(logits, labels):
+    """Cross-entropy of every token's logits [N, T, C] against the scene's label [N]."""
+    import torch
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.repeat_interleave(logits.shape[1]))
 
 
 def pretrain_vit(out_dir: str | Path, w: ml_collections.ConfigDict, v: ml_collections.ConfigDict | None = None) -> dict:
@@ -66,22 +73,22 @@ def pretrain_vit(out_dir: str | Path, w: ml_collections.ConfigDict, v: ml_collec
                            num_attention_heads=v.heads, image_size=w.image_size, patch_size=v.patch,
                            hidden_act="quick_gelu", projection_dim=v.hidden)
     model = CLIPVisionModel(cfg)
-    tokens = (w.image_size // v.patch) ** 2
-    heads = torch.nn.ModuleList([torch.nn.Linear(tokens * v.hidden, len(names)) for _, names in ATTRIBUTES])
+    heads = torch.nn.ModuleList([torch.nn.Linear(v.hidden, len(names)) for _, names in ATTRIBUTES])
     pixels, labels = (torch.from_numpy(a) for a in labelled_scenes(v.images, 10_000 + w.seed, w))
     opt = torch.optim.Adam([*model.parameters(), *heads.parameters()], lr=v.lr)
     rng = np.random.default_rng(w.seed)
     for _ in range(v.steps):
         idx = torch.from_numpy(rng.choice(len(pixels), v.batch, replace=False))
         f = features(model, pixels[idx])
-        loss = sum(torch.nn.functional.cross_entropy(h(f), labels[idx, k]) for k, h in enumerate(heads))
+        loss = sum(token_loss(h(f), labels[idx, k]) for k, h in enumerate(heads))
         opt.zero_grad()
         loss.backward()
         opt.step()
     probe_x, probe_y = (torch.from_numpy(a) for a in labelled_scenes(v.probe_images, 20_000 + w.seed, w))
     with torch.no_grad():
         f = features(model, probe_x)
-        probe = {attr: float((h(f).argmax(-1) == probe_y[:, k]).float().mean())
+        # accuracy over every (scene, token): the attribute is readable from each image token alone
+        probe = {attr: float((h(f).argmax(-1) == probe_y[:, k, None]).float().mean())
                  for k, ((attr, _), h) in enumerate(zip(ATTRIBUTES, heads))}
     model.save_pretrained(out_dir)
     probe["final_loss"] = float(loss.detach())
