@@ -2,9 +2,10 @@
 
 A decode step multiplies one row by every weight matrix, so its time is the weight bytes over the bandwidth at
 which the matmul reads them. This times LLaMA-2-7B's MLP shape (4096 x 11008, bf16 weights, `--layers` stacked
-as in our layer loop) three ways, interleaved on the same pinned threads (bench/harness.py): XLA's dot of the
-bf16 operands (float32 accumulation, as our dense layers ask), the same after an explicit float32 conversion, and
-torch's bf16 `linear` (oneDNN). It prints GB/s of weights read per side and a NumPy copy's bandwidth for scale.
+as in our layer loop) four ways, interleaved on the same pinned threads (bench/harness.py): XLA's dot of the
+bf16 operands (float32 accumulation, as our dense layers ask), the same after an explicit float32 conversion, our
+CPU matvec kernel reading each layer of the stack in place (xllava_jax/models/cpu_matvec.py, what decode runs),
+and torch's bf16 `linear` (oneDNN). It prints GB/s of weights read per side and a NumPy copy's bandwidth for scale.
 
     python bench/bf16_matvec_bench.py [--layers 4] [--repeats 5] [--threads N]
 """
@@ -45,6 +46,9 @@ def main() -> None:
 
     xla_bf16 = layer_loop(lambda x, wl: jnp.dot(x, wl, preferred_element_type=jnp.float32))
     xla_f32 = layer_loop(lambda x, wl: jnp.dot(x.astype(jnp.float32), wl.astype(jnp.float32)))
+    from xllava_jax.models import cpu_matvec
+    assert cpu_matvec.available(), "the CPU matvec kernel did not build (see the log)"
+    kernel = jax.jit(lambda x, w: jax.lax.map(lambda i: cpu_matvec.matvec(x, w, i), jnp.arange(w.shape[0])))
     wt = torch.from_numpy(np.asarray(jnp.swapaxes(w, 1, 2).astype(jnp.float32))).to(torch.bfloat16)  # [L, out, in]
     xt = torch.ones(1, k, dtype=torch.bfloat16)
 
@@ -54,7 +58,8 @@ def main() -> None:
                 torch.nn.functional.linear(xt, wt[i])
 
     fns = {"xla_bf16_dot": lambda: xla_bf16(x, w).block_until_ready(),
-           "xla_f32_after_convert": lambda: xla_f32(x, w).block_until_ready(), "torch_bf16_linear": torch_linear}
+           "xla_f32_after_convert": lambda: xla_f32(x, w).block_until_ready(),
+           "cpu_matvec_kernel": lambda: kernel(x, w).block_until_ready(), "torch_bf16_linear": torch_linear}
     run = harness.interleave(fns, args.repeats, warmup=1, label="bf16 matvec")
     a = np.ones(int(1e9) // 8)
     b = np.empty_like(a)
@@ -65,6 +70,7 @@ def main() -> None:
               "numpy_copy_read_plus_write_gb_per_s": round(2 * a.nbytes / copy_s / 1e9, 2), "load": run["load"]}
     med = {name: statistics.median(times) for name, times in run["times"].items()}
     report["xla_bf16_over_torch_time"] = round(med["xla_bf16_dot"] / med["torch_bf16_linear"], 2)
+    report["kernel_over_torch_time"] = round(med["cpu_matvec_kernel"] / med["torch_bf16_linear"], 2)
     print(json.dumps(report, indent=2))
 
 

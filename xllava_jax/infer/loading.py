@@ -26,12 +26,17 @@ def is_hf_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / "config.json").is_file()
 
 
-def with_dtype(cfg: LlavaConfig | LlamaConfig, dtype: str) -> LlavaConfig | LlamaConfig:
-    """The config computing in `dtype` (every tower)."""
+def with_towers(cfg: LlavaConfig | LlamaConfig, **changes: Any) -> LlavaConfig | LlamaConfig:
+    """The config with `changes` to every tower's ExecConfig fields (e.g. dtype)."""
     if isinstance(cfg, LlavaConfig):
-        return dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, dtype=dtype),
-                                   text=dataclasses.replace(cfg.text, dtype=dtype))
-    return dataclasses.replace(cfg, dtype=dtype)
+        return dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, **changes),
+                                   text=dataclasses.replace(cfg.text, **changes))
+    return dataclasses.replace(cfg, **changes)
+
+
+def inference_config(cfg: LlavaConfig | LlamaConfig, dtype: str | None = None) -> LlavaConfig | LlamaConfig:
+    """The config an inference model runs: compute `dtype` (if given) and the CPU bf16 matvec decode path."""
+    return with_towers(cfg, cpu_matvec=True, **({"dtype": dtype} if dtype else {}))
 
 
 def placement(mesh: Mesh | None) -> Callable[[Any], Any]:
@@ -54,17 +59,16 @@ def load_model(checkpoint: str | os.PathLike, *, dtype: str | None = None, mesh:
     """
     if not os.path.exists(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    kwargs = {"dtype": dtype} if dtype else {}
     if is_hf_dir(checkpoint):
         model_type = read_hf_config(checkpoint).model_type
-        if model_type == "llava":
-            return load_hf_llava(checkpoint, placement(mesh), **kwargs)
-        if model_type == "llama":
-            return load_hf_llama(checkpoint, placement(mesh), **kwargs)
-        raise ValueError(f"{checkpoint}/config.json has model_type {model_type!r}; expected 'llava' or 'llama'")
-    cfg = load_config(checkpoint)
-    cfg, params = load_params(checkpoint, placement(mesh)(cfg))
-    return build_model(with_dtype(cfg, dtype) if dtype else cfg), params
+        loaders = {"llava": load_hf_llava, "llama": load_hf_llama}
+        if model_type not in loaders:
+            raise ValueError(f"{checkpoint}/config.json has model_type {model_type!r}; expected 'llava' or 'llama'")
+        model, params = loaders[model_type](checkpoint, placement(mesh))
+        cfg = model.cfg
+    else:
+        cfg, params = load_params(checkpoint, placement(mesh)(load_config(checkpoint)))
+    return build_model(inference_config(cfg, dtype)), params
 
 
 def load_tokenizer_for(checkpoint: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> Tokenizer:

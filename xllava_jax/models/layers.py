@@ -12,6 +12,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from xllava_jax.models import cpu_matvec as matvec_kernel
+
 INIT_STD = 0.02
 LAYER_AXIS = "layers"
 
@@ -34,6 +36,9 @@ class ExecConfig:
     attention: str = "xla"  # auto | xla | cudnn | splash (see `attend`)
     scan_layers: bool = True  # nn.scan over layers (False: same params, fully unrolled loop)
     remat_policy: str = "none"  # one of REMAT_POLICIES or a jax.checkpoint_policies name
+    # inference only (no gradients): on CPU with bf16 params, products of few rows (decode) read each layer's
+    # weights in place through the bf16 matrix-vector kernel (models/cpu_matvec.py) instead of XLA's dot
+    cpu_matvec: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming any unsupported setting."""
@@ -64,12 +69,60 @@ def remat_policy(name: str) -> Callable | None:
     return policy
 
 
+@flax.struct.dataclass
+class LayerRef:
+    """Layer `index` of stacked weights [L, ...], not sliced: what a Dense kernel is in the CPU matvec loop."""
+
+    stacked: jax.Array
+    index: jax.Array
+
+    def value(self) -> jax.Array:
+        """The layer's weights, sliced behind a barrier (see pick_layer)."""
+        stacked, index = jax.lax.optimization_barrier((self.stacked, self.index))
+        return jax.lax.dynamic_index_in_dim(stacked, index, keepdims=False)
+
+
+class Dense(nn.Module):
+    """nn.Dense (kernel [in, out], optional bias) whose kernel may be a LayerRef; with `cpu_matvec`, few-row
+    products with a bf16 kernel go through the CPU matvec kernel (same result dtype as `dot_general`)."""
+
+    features: int
+    use_bias: bool
+    dtype: Any
+    param_dtype: Any
+    kernel_init: Callable
+    bias_init: Callable
+    dot_general: Callable | None = None
+    cpu_matvec: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.get_variable("params", "kernel")
+        if not isinstance(kernel, LayerRef):
+            kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x = x.astype(self.dtype)
+        dot_general = self.dot_general or jax.lax.dot_general
+        dims = (((x.ndim - 1,), (0,)), ((), ()))
+        weights = kernel.stacked if isinstance(kernel, LayerRef) else kernel
+        if self.cpu_matvec and matvec_kernel.applies(math.prod(x.shape[:-1]), weights):
+            out = jax.eval_shape(lambda a: dot_general(a, jnp.zeros(weights.shape[-2:], self.dtype), dims), x)
+            layer = kernel.index if isinstance(kernel, LayerRef) else 0
+            y = matvec_kernel.matvec(x, weights, layer).astype(out.dtype)
+        else:
+            kernel = kernel.value() if isinstance(kernel, LayerRef) else kernel
+            y = dot_general(x, kernel.astype(self.dtype), dims)
+        if bias is not None:
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 def dense(features: int, axes: tuple[str, str], cfg: ExecConfig, *, use_bias: bool, name: str,
           dot_general: Callable | None = None, kernel_init: Callable | None = None,
-          bias_init: Callable | None = None) -> nn.Dense:
+          bias_init: Callable | None = None) -> Dense:
     """A Dense layer whose kernel [in, out] and bias carry logical axis names (defaults: N(0, INIT_STD^2) kernel,
     zero bias, lax.dot_general)."""
-    return nn.Dense(
+    return Dense(
         features,
         use_bias=use_bias,
         dtype=cfg.jnp_dtype,
@@ -77,6 +130,7 @@ def dense(features: int, axes: tuple[str, str], cfg: ExecConfig, *, use_bias: bo
         kernel_init=nn.with_logical_partitioning(kernel_init or nn.initializers.normal(INIT_STD), axes),
         bias_init=nn.with_logical_partitioning(bias_init or nn.initializers.zeros_init(), axes[-1:]),
         dot_general=dot_general,
+        cpu_matvec=cfg.cpu_matvec,
         name=name,
     )
 
@@ -278,6 +332,16 @@ def _pick_layer_bwd(_, ct):
 pick_layer.defvjp(_pick_layer_fwd, _pick_layer_bwd)
 
 
+def layer_refs(stacked: Any, index: jax.Array) -> Any:
+    """Layer `index` of the stacked params for the CPU matvec loop: bf16 matrices stay stacked (LayerRef), the
+    rest (norm scales, biases: small) are sliced. No gradient reaches the LayerRefs: inference only."""
+    def pick(w):
+        if w.ndim == 3 and w.dtype == jnp.bfloat16:
+            return LayerRef(w, index)
+        return jax.lax.dynamic_index_in_dim(w, index, keepdims=False)
+    return jax.tree.map(pick, stacked)
+
+
 def _has_16bit_float(tree: Any) -> bool:
     return any(jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize == 2
                for x in jax.tree.leaves(tree))
@@ -332,6 +396,8 @@ class LayerStack(nn.Module):
 
         def body(c, inputs):
             index, shadow, x = inputs
+            if cfg.cpu_matvec and matvec_kernel.available():
+                return layer.apply({"params": layer_refs(stacked, index)}, c, x, *shared)
             return layer.apply({"params": pick_layer(stacked, shadow, index)}, c, x, *shared)
 
         policy = remat_policy(cfg.remat_policy)
