@@ -34,7 +34,7 @@ setup(
         "uvicorn>=0.55.0",  # ... and its ASGI server
         "httpx>=0.29.0",  # ... fetching http(s) image URLs
     ],
-    package_data={"xllava_jax.serve": ["page.html"], "xllava_jax.models": ["cpu_matvec.cc"]},
+    package_data={"xllava_jax.serve": ["page.html"], "xllava_jax.models": ["cpu_kernels.cc"]},
     extras_require={
         "cuda": ["jax[cuda12]>=0.10.2"],
         # libtpu: TPU runtime, and the compiler python -m xllava_jax.aot uses on CPU-only machines (~210 MB wheel;

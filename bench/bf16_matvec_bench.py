@@ -4,7 +4,7 @@ A decode step multiplies one row by every weight matrix, so its time is the weig
 which the matmul reads them. This times LLaMA-2-7B's MLP shape (4096 x 11008, bf16 weights, `--layers` stacked
 as in our layer loop) four ways, interleaved on the same pinned threads (bench/harness.py): XLA's dot of the
 bf16 operands (float32 accumulation, as our dense layers ask), the same after an explicit float32 conversion, our
-CPU matvec kernel reading each layer of the stack in place (xllava_jax/models/cpu_matvec.py, what decode runs),
+CPU matvec kernel reading each layer of the stack in place (xllava_jax/models/cpu_kernels.py, what decode runs),
 and torch's bf16 `linear` (oneDNN). It prints GB/s of weights read per side and a NumPy copy's bandwidth for scale.
 
     python bench/bf16_matvec_bench.py [--layers 4] [--repeats 5] [--threads N]
@@ -46,9 +46,9 @@ def main() -> None:
 
     xla_bf16 = layer_loop(lambda x, wl: jnp.dot(x, wl, preferred_element_type=jnp.float32))
     xla_f32 = layer_loop(lambda x, wl: jnp.dot(x.astype(jnp.float32), wl.astype(jnp.float32)))
-    from xllava_jax.models import cpu_matvec
-    assert cpu_matvec.available(), "the CPU matvec kernel did not build (see the log)"
-    kernel = jax.jit(lambda x, w: jax.lax.map(lambda i: cpu_matvec.matvec(x, w, i), jnp.arange(w.shape[0])))
+    from xllava_jax.models import cpu_kernels
+    assert cpu_kernels.available(), "the CPU matvec kernel did not build (see the log)"
+    kernel = jax.jit(lambda x, w: jax.lax.map(lambda i: cpu_kernels.matvec(x, w, i), jnp.arange(w.shape[0])))
     wt = torch.from_numpy(np.asarray(jnp.swapaxes(w, 1, 2).astype(jnp.float32))).to(torch.bfloat16)  # [L, out, in]
     xt = torch.ones(1, k, dtype=torch.bfloat16)
 

@@ -25,6 +25,7 @@ from xllava_jax.models.clip import CLIPVisionTransformer
 from xllava_jax.models.layers import DTYPES
 from xllava_jax.models.llama import Llama, LlamaConfig
 from xllava_jax.models.llava import Llava, LlavaConfig
+from xllava_jax.models import cpu_kernels
 from xllava_jax.models.params import abstract_params, build_model, init_group
 from xllava_jax.models.vocab import check_tokenizer, grow_vocab
 from xllava_jax.tokenizer.hf_export import export_hf_tokenizer, update_tokenizer_config
@@ -92,8 +93,17 @@ def _device_ops(kind: str, dtype: Any, shape: tuple, sharding: Any) -> tuple[Cal
 
 
 def stream_leaf(state: StateDict, keys: list[str], path: tuple, spec: Any, stacked: bool, sharding: Any) -> jax.Array:
-    """One param on its devices: a big stacked leaf is written layer by layer in place (each layer's mapped pages
-    dropped once it is on the device); any other leaf is put whole from host_leaf."""
+    """One param on its devices, each layer's mapped pages dropped once it is there: a matrix on one CPU device is
+    copied or transposed into place straight from the mapped file (cpu_kernels.load_into); a big stacked leaf is
+    written layer by layer in place; any other leaf is put whole from host_leaf."""
+    slot = tuple(spec.shape[1:] if stacked else spec.shape)
+    if cpu_kernels.loads(state.get(keys[0]).dtype, spec.dtype, slot, sharding):
+        value = _device_ops(path[-1], jnp.dtype(spec.dtype), tuple(spec.shape), sharding)[0]()
+        transpose = from_hf_layout(path, np.empty((1, 2))).shape == (2, 1)  # the layout's own rule for matrices
+        for i, key in enumerate(keys):
+            value = cpu_kernels.load_into(value, state.get(key), i if stacked else None, transpose=transpose)
+            state.release(key)
+        return value
     if not stacked or math.prod(spec.shape) * jnp.dtype(spec.dtype).itemsize < STREAM_MIN_BYTES:
         return jax.device_put(host_leaf(state, keys, path, spec, stacked), sharding).block_until_ready()
     zeros, write = _device_ops(path[-1], jnp.dtype(spec.dtype), tuple(spec.shape), sharding)

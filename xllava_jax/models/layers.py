@@ -12,7 +12,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from xllava_jax.models import cpu_matvec as matvec_kernel
+from xllava_jax.models import cpu_kernels
 
 INIT_STD = 0.02
 LAYER_AXIS = "layers"
@@ -37,7 +37,7 @@ class ExecConfig:
     scan_layers: bool = True  # nn.scan over layers (False: same params, fully unrolled loop)
     remat_policy: str = "none"  # one of REMAT_POLICIES or a jax.checkpoint_policies name
     # inference only (no gradients): on CPU with bf16 params, products of few rows (decode) read each layer's
-    # weights in place through the bf16 matrix-vector kernel (models/cpu_matvec.py) instead of XLA's dot
+    # weights in place through the bf16 matrix-vector kernel (models/cpu_kernels.py) instead of XLA's dot
     cpu_matvec: bool = False
 
     def validate(self) -> None:
@@ -105,10 +105,10 @@ class Dense(nn.Module):
         dot_general = self.dot_general or jax.lax.dot_general
         dims = (((x.ndim - 1,), (0,)), ((), ()))
         weights = kernel.stacked if isinstance(kernel, LayerRef) else kernel
-        if self.cpu_matvec and matvec_kernel.applies(math.prod(x.shape[:-1]), weights):
+        if self.cpu_matvec and cpu_kernels.applies(math.prod(x.shape[:-1]), weights):
             out = jax.eval_shape(lambda a: dot_general(a, jnp.zeros(weights.shape[-2:], self.dtype), dims), x)
             layer = kernel.index if isinstance(kernel, LayerRef) else 0
-            y = matvec_kernel.matvec(x, weights, layer).astype(out.dtype)
+            y = cpu_kernels.matvec(x, weights, layer).astype(out.dtype)
         else:
             kernel = kernel.value() if isinstance(kernel, LayerRef) else kernel
             y = dot_general(x, kernel.astype(self.dtype), dims)
@@ -396,7 +396,7 @@ class LayerStack(nn.Module):
 
         def body(c, inputs):
             index, shadow, x = inputs
-            if cfg.cpu_matvec and matvec_kernel.available():
+            if cfg.cpu_matvec and cpu_kernels.available():
                 return layer.apply({"params": layer_refs(stacked, index)}, c, x, *shared)
             return layer.apply({"params": pick_layer(stacked, shadow, index)}, c, x, *shared)
 
