@@ -80,3 +80,21 @@ def test_checkpoint_written_before_the_record_still_loads(tmp_path):
     assert read_record(tmp_path / "converted") == TrainRecord()
     with pytest.raises(FileNotFoundError):
         read_record(tmp_path / "nothing")
+
+
+def test_lazy_params_read_each_param_alone(plain_stage1):
+    """An export's params (checkpoint.lazy_params): each leaf, trained or frozen, read alone, equals the whole
+    restore; a cast stays lazy and casts when read."""
+    from xllava_jax.checkpoint import LazyParam, lazy_params, load_params
+
+    cfg, lazy = lazy_params(plain_stage1)
+    want_cfg, want = load_params(plain_stage1, to_host=True)
+    assert cfg == want_cfg and read_record(plain_stage1).frozen_groups  # frozen groups come from the store
+    pairs = list(zip(jax.tree_util.tree_leaves(lazy), jax.tree_util.tree_leaves(want)))
+    assert pairs and all(isinstance(a, LazyParam) for a, _ in pairs)
+    for a, b in pairs:
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), b)
+    half = pairs[0][0].astype(np.float16)
+    assert isinstance(half, LazyParam) and np.asarray(half).dtype == np.float16
+    np.testing.assert_array_equal(np.asarray(half), pairs[0][1].astype(np.float16))

@@ -151,6 +151,49 @@ def load_params(path: str | os.PathLike, shardings: Any = None, to_host: bool = 
     return cfg, {**load_frozen(directory, groups, target), **trained}
 
 
+class LazyParam:
+    """One param of a checkpoint, restored alone (as NumPy, in `dtype`) when something asks for its array:
+    `lazy_params` trees let an export hold one param at a time instead of the whole model."""
+
+    def __init__(self, directory: Path, names: tuple[str, ...], shape: tuple[int, ...], stored: Any, dtype: Any = None):
+        self.directory, self.names, self.shape, self.stored = directory, names, tuple(shape), np.dtype(stored)
+        self.dtype = np.dtype(dtype or stored)
+        self.size = int(np.prod(self.shape))
+
+    def astype(self, dtype: Any) -> "LazyParam":
+        """The same param, cast to `dtype` when read."""
+        return LazyParam(self.directory, self.names, self.shape, self.stored, dtype)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        item: Any = np.empty(self.shape, self.stored)
+        args: Any = ocp.RestoreArgs(restore_type=np.ndarray, dtype=self.stored)
+        for name in reversed(self.names):
+            item, args = {name: item}, {name: args}
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+            tree = checkpointer.restore(self.directory, args=ocp.args.Composite(**{
+                PARAMS: ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)}))[PARAMS]
+        for name in self.names:
+            tree = tree[name]
+        return np.asarray(tree).astype(dtype or self.dtype, copy=False)
+
+
+def lazy_params(path: str | os.PathLike) -> tuple[ModelConfig, Any]:
+    """(model config, params as LazyParam leaves) of a checkpoint (a step's frozen groups read from its
+    workdir's store): nothing is read until a leaf's array is asked for."""
+    directory = resolve(path).absolute()
+    cfg = load_config(directory)
+    groups = set(read_record(directory).frozen_groups)
+    if groups and not (frozen_store(directory) / PARAMS).is_dir():
+        raise FileNotFoundError(f"checkpoint {directory} keeps its frozen groups {sorted(groups)} in "
+                                f"{frozen_store(directory)}, which is missing")
+
+    def lazy(key_path, spec):
+        names = tuple(str(k.key) for k in key_path)
+        store = frozen_store(directory) if names[0] in groups else directory
+        return LazyParam(store, names, spec.shape, spec.dtype)
+    return cfg, jax.tree_util.tree_map_with_path(lazy, abstract_params(cfg))
+
+
 # ---- training checkpoints: <workdir>/checkpoints/<step>/{params, opt_state, data_state, train_state,
 # model_config, tokenizer}
 

@@ -26,9 +26,10 @@ from xllava_jax import checkpoint
 
 log = logging.getLogger("xllava_jax.convert")
 DEFAULT_EXPORT_TEMPLATE = "vicuna_v1"  # chat template of an export whose checkpoint records none
-# Host bytes a conversion needs per byte of params, measured (bench/README.md): safetensors stream, but Orbax's
-# save copies the params it writes and its restore holds a second partial copy.
-HOST_FACTOR = {"hf-to-orbax": 2.0, "orbax-to-hf": 1.5}
+# Host bytes a conversion needs per byte of params, measured at 7B (bench/README.md): hf-to-orbax streams the
+# mapped file into device arrays that Orbax writes without a host copy; orbax-to-hf restores one param at a time
+# and holds at most a safetensors shard of views and the param being split.
+HOST_FACTOR = {"hf-to-orbax": 1.15, "orbax-to-hf": 1.15}
 
 
 def leaf_bytes(cfg) -> list[int]:
@@ -50,7 +51,8 @@ def hf_to_orbax(args: argparse.Namespace) -> None:
         cfg = (hf_config.llava_from_hf if kind == "llava" else hf_config.llama_from_hf)(hf_cfg)
         require_host_memory(int(HOST_FACTOR["hf-to-orbax"] * hf.host_bytes(cfg, args.dtype)),
                             f"hf-to-orbax of {args.hf_dir}")
-        model, params = loader(args.hf_dir, **({"param_dtype": args.dtype} if args.dtype else {}))
+        # device arrays, streamed from the mapped file; Orbax saves them without a host copy
+        model, params = loader(args.hf_dir, hf.placement(), **({"param_dtype": args.dtype} if args.dtype else {}))
         cfg = model.cfg
     else:
         model, params = hf.init_llava_from_hf(args.llama_dir, args.clip_dir, seed=args.seed,
@@ -75,7 +77,7 @@ def orbax_to_hf(args: argparse.Namespace) -> None:
     cast = args.dtype and args.dtype != hf.params_dtype(abstract_params(source))
     need = hf.host_bytes(source) + (max(leaf_bytes(source)) if cast else 0)
     require_host_memory(int(HOST_FACTOR["orbax-to-hf"] * need), f"orbax-to-hf of {args.checkpoint}")
-    cfg, params = checkpoint.load_params(args.checkpoint, to_host=True)
+    cfg, params = checkpoint.lazy_params(args.checkpoint)  # each param is read when the writer reaches it
     tokenizer_dir = args.tokenizer_dir or checkpoint.carried_tokenizer(args.checkpoint)
     template = args.template if args.template is not None else export_template(args.checkpoint)
     if args.dtype:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import transformers
 
+from xllava_jax.checkpoint import LazyParam
 from xllava_jax.cli import UserError, atomic_output
 from xllava_jax.convert import hf_config
 from xllava_jax.data.chat_template import chat_template
@@ -26,7 +27,8 @@ from xllava_jax.models.layers import DTYPES
 from xllava_jax.models.llama import Llama, LlamaConfig
 from xllava_jax.models.llava import Llava, LlavaConfig
 from xllava_jax.models import cpu_kernels
-from xllava_jax.models.params import abstract_params, build_model, init_group
+from xllava_jax.models.params import abstract_params, build_model, init_group, param_logical_axes
+from xllava_jax.sharding import tree_shardings
 from xllava_jax.models.vocab import check_tokenizer, grow_vocab
 from xllava_jax.tokenizer.hf_export import export_hf_tokenizer, update_tokenizer_config
 from xllava_jax.tokenizer.spm import load_tokenizer
@@ -129,6 +131,17 @@ def read_any_layout(state: StateDict, abstract: dict, layouts: dict, shardings: 
 
 
 Placement = Callable[[Any], Any] | None  # model config -> shardings pytree like its params (None: NumPy arrays)
+
+
+def placement(mesh: Any = None) -> Callable[[Any], Any]:
+    """Model config -> where each param goes: its training sharding on `mesh`, else the first local device."""
+    def shardings(cfg: Any) -> Any:
+        abstract = abstract_params(cfg)
+        if mesh is not None:
+            return tree_shardings(param_logical_axes(cfg), abstract, mesh)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree_util.tree_map(lambda _: device, abstract)
+    return shardings
 
 
 def load_hf_llava(path: str | os.PathLike, placement: Placement = None, **exec_kwargs: Any) -> tuple[Llava, dict]:
@@ -285,9 +298,11 @@ def params_dtype(params: dict) -> str:
 
 def cast_params(params: dict, dtype: str) -> dict:
     """Params cast to a dtype name (e.g. bfloat16 for a smaller export), leaf by leaf in place: each source leaf
-    is dropped from `params` (and so freed) as its cast replaces it. Returns `params`."""
+    is dropped from `params` (and so freed) as its cast replaces it; a LazyParam stays lazy (cast when read).
+    Returns `params`."""
     for node, key in [(node, key) for node in _dict_nodes(params) for key in node if not isinstance(node[key], dict)]:
-        node[key] = np.asarray(node[key]).astype(DTYPES[dtype])
+        value = node[key]
+        node[key] = value.astype(DTYPES[dtype]) if isinstance(value, LazyParam) else np.asarray(value).astype(DTYPES[dtype])
     return params
 
 

@@ -6,19 +6,17 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import jax
 from jax.sharding import Mesh
 
-from xllava_jax.convert.hf import load_hf_llama, load_hf_llava, read_hf_config
+from xllava_jax.convert.hf import load_hf_llama, load_hf_llava, placement, read_hf_config
 from xllava_jax.models.llama import Llama, LlamaConfig
 from xllava_jax.models.llava import Llava, LlavaConfig
-from xllava_jax.models.params import abstract_params, build_model, param_logical_axes
+from xllava_jax.models.params import build_model
 from xllava_jax.tokenizer.spm import Tokenizer, load_tokenizer
 from xllava_jax import checkpoint as ckpt
 from xllava_jax.checkpoint import load_config, load_params
-from xllava_jax.sharding import tree_shardings
 
 
 def is_hf_dir(path: str | os.PathLike) -> bool:
@@ -37,17 +35,6 @@ def with_towers(cfg: LlavaConfig | LlamaConfig, **changes: Any) -> LlavaConfig |
 def inference_config(cfg: LlavaConfig | LlamaConfig, dtype: str | None = None) -> LlavaConfig | LlamaConfig:
     """The config an inference model runs: compute `dtype` (if given) and the CPU bf16 matvec decode path."""
     return with_towers(cfg, cpu_matvec=True, **({"dtype": dtype} if dtype else {}))
-
-
-def placement(mesh: Mesh | None) -> Callable[[Any], Any]:
-    """Model config -> where each param goes: its training sharding on `mesh`, else the first local device."""
-    def shardings(cfg: Any) -> Any:
-        abstract = abstract_params(cfg)
-        if mesh is not None:
-            return tree_shardings(param_logical_axes(cfg), abstract, mesh)
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        return jax.tree_util.tree_map(lambda _: device, abstract)
-    return shardings
 
 
 def load_model(checkpoint: str | os.PathLike, *, dtype: str | None = None, mesh: Mesh | None = None
