@@ -99,6 +99,7 @@ def side_ours(directory: Path, new_tokens: int, repeats: int, out: Path) -> dict
     from xllava_jax.infer.generate import Engine, GenerationConfig, prefill
     from xllava_jax.infer.loading import load_model
     from xllava_jax.infer.sampling import SamplingConfig
+    from transformers import LlavaConfig  # noqa: F401  reading config.json imports it: not load time, as theirs
 
     start = time.perf_counter()
     model, params = load_model(directory, dtype="bfloat16")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,14 @@ def resolve(path: str | os.PathLike) -> Path:
 
 
 def save_params(directory: str | os.PathLike, params: Any, cfg: ModelConfig) -> Path:
-    """Write params and the model config as a checkpoint directory (what hf-to-orbax produces)."""
+    """Write params and the model config as a checkpoint directory (what hf-to-orbax produces), encoding one
+    param's bytes (at least 1 GB) at a time: Orbax's default (96 GB) holds most of a 7B model a second time."""
     directory = Path(directory).absolute()
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    largest = max((x.size * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(params)), default=0)
+    handler = ocp.CompositeCheckpointHandler(**{
+        PARAMS: ocp.StandardCheckpointHandler(save_concurrent_gb=max(1, math.ceil(largest / 1e9))),
+        MODEL_CONFIG: ocp.JsonCheckpointHandler()})
+    with ocp.Checkpointer(handler) as checkpointer:
         checkpointer.save(directory, args=ocp.args.Composite(**{
             PARAMS: ocp.args.StandardSave(params), MODEL_CONFIG: ocp.args.JsonSave(config_to_dict(cfg))}), force=True)
     return directory

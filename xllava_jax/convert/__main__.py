@@ -26,10 +26,13 @@ from xllava_jax import checkpoint
 
 log = logging.getLogger("xllava_jax.convert")
 DEFAULT_EXPORT_TEMPLATE = "vicuna_v1"  # chat template of an export whose checkpoint records none
-# Host bytes a conversion needs per byte of params, measured at 7B (bench/README.md): hf-to-orbax streams the
-# mapped file into device arrays that Orbax writes without a host copy; orbax-to-hf restores one param at a time
-# and holds at most a safetensors shard of views and the param being split.
-HOST_FACTOR = {"hf-to-orbax": 1.15, "orbax-to-hf": 1.15}
+# Host memory of a conversion, measured at 7B (bench/README.md). hf-to-orbax streams the mapped file into device
+# arrays (1x the params) that Orbax encodes one param at a time, holding about two encode buffers of the largest
+# param: the params + SAVE_LEAF_FACTOR x the largest param + 1 GB (7B: 20.8 GB measured). orbax-to-hf reads one
+# param at a time and holds at most a safetensors shard of views, the param being split and Orbax's read buffer:
+# a shard + EXPORT_LEAF_FACTOR x the largest param, whatever the model's size (7B: 12.1 GB measured).
+SAVE_LEAF_FACTOR = 2
+EXPORT_LEAF_FACTOR = 3
 
 
 def leaf_bytes(cfg) -> list[int]:
@@ -49,7 +52,8 @@ def hf_to_orbax(args: argparse.Namespace) -> None:
             raise UserError(f"{args.hf_dir}: model_type {kind!r} is not supported (llava or llama); "
                             "for a CLIP tower use --llama_dir with --clip_dir")
         cfg = (hf_config.llava_from_hf if kind == "llava" else hf_config.llama_from_hf)(hf_cfg)
-        require_host_memory(int(HOST_FACTOR["hf-to-orbax"] * hf.host_bytes(cfg, args.dtype)),
+        largest = max(leaf_bytes(with_param_dtype(cfg, args.dtype) if args.dtype else cfg))
+        require_host_memory(hf.host_bytes(cfg, args.dtype) + SAVE_LEAF_FACTOR * largest + (1 << 30),
                             f"hf-to-orbax of {args.hf_dir}")
         # device arrays, streamed from the mapped file; Orbax saves them without a host copy
         model, params = loader(args.hf_dir, hf.placement(), **({"param_dtype": args.dtype} if args.dtype else {}))
@@ -75,8 +79,9 @@ def orbax_to_hf(args: argparse.Namespace) -> None:
     and conversation template it was trained with unless flags say otherwise."""
     source = checkpoint.load_config(args.checkpoint)
     cast = args.dtype and args.dtype != hf.params_dtype(abstract_params(source))
-    need = hf.host_bytes(source) + (max(leaf_bytes(source)) if cast else 0)
-    require_host_memory(int(HOST_FACTOR["orbax-to-hf"] * need), f"orbax-to-hf of {args.checkpoint}")
+    largest = max(leaf_bytes(source))
+    need = min(hf.host_bytes(source), hf.DEFAULT_MAX_SHARD_BYTES) + (EXPORT_LEAF_FACTOR + bool(cast)) * largest
+    require_host_memory(need, f"orbax-to-hf of {args.checkpoint}")
     cfg, params = checkpoint.lazy_params(args.checkpoint)  # each param is read when the writer reaches it
     tokenizer_dir = args.tokenizer_dir or checkpoint.carried_tokenizer(args.checkpoint)
     template = args.template if args.template is not None else export_template(args.checkpoint)

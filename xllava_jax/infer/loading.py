@@ -3,7 +3,6 @@ directory, and the tokenizer that goes with it."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from jax.sharding import Mesh
 from xllava_jax.convert.hf import load_hf_llama, load_hf_llava, placement, read_hf_config
 from xllava_jax.models.llama import Llama, LlamaConfig
 from xllava_jax.models.llava import Llava, LlavaConfig
-from xllava_jax.models.params import build_model
+from xllava_jax.models.params import build_model, with_towers
 from xllava_jax.tokenizer.spm import Tokenizer, load_tokenizer
 from xllava_jax import checkpoint as ckpt
 from xllava_jax.checkpoint import load_config, load_params
@@ -22,14 +21,6 @@ from xllava_jax.checkpoint import load_config, load_params
 def is_hf_dir(path: str | os.PathLike) -> bool:
     """Whether `path` is a transformers model directory (has config.json)."""
     return (Path(path) / "config.json").is_file()
-
-
-def with_towers(cfg: LlavaConfig | LlamaConfig, **changes: Any) -> LlavaConfig | LlamaConfig:
-    """The config with `changes` to every tower's ExecConfig fields (e.g. dtype)."""
-    if isinstance(cfg, LlavaConfig):
-        return dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, **changes),
-                                   text=dataclasses.replace(cfg.text, **changes))
-    return dataclasses.replace(cfg, **changes)
 
 
 def inference_config(cfg: LlavaConfig | LlamaConfig, dtype: str | None = None) -> LlavaConfig | LlamaConfig:

@@ -68,12 +68,17 @@ def param_logical_axes(cfg: ModelConfig) -> dict:
     return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(cfg, jax.random.PRNGKey(0))))
 
 
+def with_towers(cfg: ModelConfig, **changes: Any) -> ModelConfig:
+    """The config with `changes` to every tower's ExecConfig fields (dtype, param_dtype, cpu_matvec, ...)."""
+    if isinstance(cfg, LlavaConfig):
+        return dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, **changes),
+                                   text=dataclasses.replace(cfg.text, **changes))
+    return dataclasses.replace(cfg, **changes)
+
+
 def with_param_dtype(cfg: ModelConfig, dtype: str) -> ModelConfig:
     """The config with every tower's param_dtype set to `dtype`."""
-    if isinstance(cfg, LlavaConfig):
-        return dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, param_dtype=dtype),
-                                   text=dataclasses.replace(cfg.text, param_dtype=dtype))
-    return dataclasses.replace(cfg, param_dtype=dtype)
+    return with_towers(cfg, param_dtype=dtype)
 
 
 def config_to_dict(cfg: LlavaConfig | LlamaConfig) -> dict:
