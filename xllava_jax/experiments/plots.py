@@ -24,7 +24,8 @@ def _err(m: dict) -> tuple[float, list[float]]:
     return m["mean"], [m["mean"] - m["ci95"][0], m["ci95"][1] - m["mean"]]
 
 
-def bars(arms: dict, metrics: tuple[str, ...], baselines: dict | None, title: str, path: Path) -> Path:
+def bars(arms: dict, metrics: tuple[str, ...], baselines: dict | None, title: str, path: Path,
+         ylabel: str = "accuracy (held-out)") -> Path:
     """Grouped bars per arm (one bar per metric) with 95% intervals; chance and text-only as lines."""
     plt = _pyplot()
     names = list(arms)
@@ -41,7 +42,7 @@ def bars(arms: dict, metrics: tuple[str, ...], baselines: dict | None, title: st
             if v is not None:
                 ax.axhline(v, linestyle=style, color=f"C{j}", linewidth=0.8, label=f"{key} {m}")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (held-out)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
     fig.tight_layout()

@@ -167,7 +167,7 @@ def write_report(out: Path) -> Path:
     lines += ["## Arms", ""] + arms_table(arms, details.get("baselines", {})) + [""]
     if arms:
         png = plots.bars(arms, ("acc_en", "acc_ko", "acc_non_en"), details.get("baselines"), "study v2",
-                         out / "v2_accuracy.png")
+                         out / "v2_accuracy.png", ylabel="accuracy (fresh in-distribution scenes)")
         lines += [f"![study v2]({png.name})", ""]
     if details.get("vit_probe"):
         lines += ["Frozen ViT, probe accuracy on fresh scenes: "
