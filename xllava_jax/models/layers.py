@@ -105,18 +105,17 @@ class Dense(nn.Module):
         dot_general = self.dot_general or jax.lax.dot_general
         dims = (((x.ndim - 1,), (0,)), ((), ()))
         weights = kernel.stacked if isinstance(kernel, LayerRef) else kernel
+        out = jax.eval_shape(lambda a: dot_general(a, jnp.zeros(weights.shape[-2:], self.dtype), dims), x)
         if self.cpu_matvec and cpu_kernels.applies(math.prod(x.shape[:-1]), weights):
-            out = jax.eval_shape(lambda a: dot_general(a, jnp.zeros(weights.shape[-2:], self.dtype), dims), x)
-            layer = kernel.index if isinstance(kernel, LayerRef) else 0
-            y = cpu_kernels.matvec(x, weights, layer).astype(out.dtype)
-        elif self.dot_general is None and jnp.dtype(self.dtype).itemsize == 2 and widens_16bit_slices(target_platform()):
+            y = cpu_kernels.matvec(x, weights, kernel.index if isinstance(kernel, LayerRef) else 0)
+        else:
+            kernel = (kernel.value() if isinstance(kernel, LayerRef) else kernel).astype(self.dtype)
             # XLA:CPU runs a 16-bit-output dot at half the speed of the same dot accumulated and returned in
             # float32 (168 vs 322 GFLOP/s at 617 x 4096 x 11008); both round once, to the same values
-            kernel = kernel.value() if isinstance(kernel, LayerRef) else kernel
-            y = dot_general(x, kernel.astype(self.dtype), dims, preferred_element_type=jnp.float32).astype(self.dtype)
-        else:
-            kernel = kernel.value() if isinstance(kernel, LayerRef) else kernel
-            y = dot_general(x, kernel.astype(self.dtype), dims)
+            wide = (self.dot_general is None and jnp.dtype(self.dtype).itemsize == 2
+                    and widens_16bit_slices(target_platform()))
+            y = dot_general(x, kernel, dims, **({"preferred_element_type": jnp.float32} if wide else {}))
+        y = y.astype(out.dtype)
         if bias is not None:
             y = y + bias.astype(self.dtype)
         return y
