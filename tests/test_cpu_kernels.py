@@ -15,6 +15,8 @@ from xllava_jax.infer.batching import collate
 from xllava_jax.infer.generate import Engine, decode, prefill
 from xllava_jax.infer.loading import load_model
 from xllava_jax.infer.sampling import SamplingConfig
+from xllava_jax.convert import hf as hf_convert
+from xllava_jax.convert.safetensors_io import StateDict
 from xllava_jax.models import cpu_kernels
 from xllava_jax.models.params import build_model
 
@@ -98,35 +100,65 @@ def test_build_failure_names_the_command(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
-@pytest.mark.parametrize("shape, layer, transpose", [((3, 40, 40), 1, True), ((3, 40, 40), 2, False),
-                                                     ((3, 24, 56), 0, True), ((24, 56), None, True),
-                                                     ((600, 300), None, False)])
-def test_load_into_writes_one_slot(dtype, shape, layer, transpose):
-    """The slot gets the host matrix (transposed when asked, square ones included); the other slots keep theirs."""
-    rng = np.random.default_rng(len(shape))
-    slot = shape[1:] if layer is not None else shape
-    host = np.asarray(jnp.asarray(rng.normal(size=slot[::-1] if transpose else slot), dtype))
-    before = jnp.asarray(rng.normal(size=shape), dtype)
-    want = np.array(before)
-    if layer is None:
-        want[...] = host.T if transpose else host
-    else:
-        want[layer] = host.T if transpose else host
-    got = cpu_kernels.load_into(before, host, layer, transpose=transpose)
+@pytest.mark.parametrize("shape, transpose", [((3, 40, 40), True), ((3, 40, 40), False), ((3, 24, 56), True),
+                                              ((2, 67, 131), True), ((1, 64, 96), True), ((24, 56), True),
+                                              ((600, 300), False), ((72, 1000), True)])
+def test_load_stack_equals_numpy(dtype, shape, transpose):
+    """Each layer gets its own host matrix, transposed when asked: square ones, shapes off every block size (odd
+    rows and columns, 32-row line blocks with remainders), aligned 64-byte lines (streamed stores) and not."""
+    rng = np.random.default_rng(sum(shape))
+    slot = shape[1:] if len(shape) == 3 else shape
+    layers = shape[0] if len(shape) == 3 else 1
+    hosts = [np.asarray(jnp.asarray(rng.normal(size=slot[::-1] if transpose else slot), dtype)) for _ in range(layers)]
+    want = np.stack([h.T if transpose else h for h in hosts]).reshape(shape)
+    got = cpu_kernels.load_stack(hosts, shape, transpose=transpose)
     np.testing.assert_array_equal(np.asarray(got), want)
 
 
-def test_load_into_refuses_a_mismatched_host_array():
+def test_load_stack_refuses_mismatched_host_arrays():
     with pytest.raises(ValueError, match="does not fit"):
-        cpu_kernels.load_into(jnp.zeros((2, 4, 6), jnp.bfloat16), np.zeros((4, 6), np.float32), 0, transpose=False)
+        cpu_kernels.load_stack([np.zeros((4, 6), np.float32)] * 2, (2, 4, 6), transpose=True)
     with pytest.raises(ValueError, match="does not fit"):
-        cpu_kernels.load_into(jnp.zeros((2, 4, 6), jnp.float32), np.zeros((4, 6), np.float32), 0, transpose=True)
+        cpu_kernels.load_stack([np.zeros((4, 6), np.float32), np.zeros((4, 6), np.int32)], (2, 4, 6), transpose=False)
+    with pytest.raises(ValueError, match="3 host matrices"):
+        cpu_kernels.load_stack([np.zeros((4, 6), np.float32)] * 3, (2, 4, 6), transpose=False)
+    with pytest.raises(ValueError, match="release"):
+        cpu_kernels.load_stack([np.zeros((4, 6), np.float32)], (4, 6), transpose=False, release="free")
 
 
-def test_float32_checkpoint_loads_exactly(tmp_path):
-    """A float32 HF LLaMA through the kernel loader (square and non-square matrices): logits as transformers'."""
+def _file_rss() -> int:
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("RssFile:"))
+
+
+@pytest.mark.parametrize("release", ["keep", "unmap", "evict"])
+def test_load_stack_releases_mapped_pages_and_the_file_reads_back(tmp_path, release):
+    """From a read-only file mapping: the copy is right; unless kept, this process no longer maps the file's pages
+    (its file-backed resident memory does not grow by the input); the file still reads back whole."""
+    import mmap
+    data = np.random.default_rng(0).normal(size=(4, 512, 1024)).astype(np.float32)
+    (tmp_path / "w.bin").write_bytes(data.tobytes())
+    with open(tmp_path / "w.bin", "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    hosts = [np.frombuffer(mapped, np.float32, 512 * 1024, i * data[0].nbytes).reshape(512, 1024) for i in range(4)]
+    before = _file_rss()
+    got = cpu_kernels.load_stack(hosts, (4, 1024, 512), transpose=True, release=release)
+    np.testing.assert_array_equal(np.asarray(got), data.transpose(0, 2, 1))
+    growth = _file_rss() - before
+    assert growth >= data.nbytes if release == "keep" else growth < data.nbytes / 4, growth
+    np.testing.assert_array_equal(np.stack(hosts), data)  # mapped again from the file
+
+
+@pytest.mark.parametrize("memory", ["ample", "tight"])
+def test_float32_checkpoint_loads_exactly(tmp_path, monkeypatch, memory):
+    """A float32 HF LLaMA through the kernel loader (square and non-square matrices): logits as transformers';
+    with host memory too tight for params and page cache together, read pages leave the cache as they go."""
     hf = ref.llama(seed=7, hidden_size=64, intermediate_size=96, num_hidden_layers=2)
     hf.save_pretrained(tmp_path)
+    dropped = []
+    release = StateDict.release
+    monkeypatch.setattr(StateDict, "release", lambda self, key: dropped.append(self.drop_cache) or release(self, key))
+    if memory == "tight":
+        monkeypatch.setattr(hf_convert, "available_memory", lambda: 1024)
     model, params = load_model(tmp_path)
     assert model.cfg.param_dtype == "float32"
     ids = np.random.default_rng(2).integers(3, ref.IMAGE_TOKEN, size=(1, 6))
@@ -134,3 +166,4 @@ def test_float32_checkpoint_loads_exactly(tmp_path):
         want = hf(torch.from_numpy(ids)).logits.numpy()
     got = np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(ids, jnp.int32)))
     assert ref.scaled_diff(got, want) < 1e-5
+    assert dropped and set(dropped) == {memory == "tight"}

@@ -16,7 +16,7 @@ import numpy as np
 import transformers
 
 from xllava_jax.checkpoint import LazyParam
-from xllava_jax.cli import UserError, atomic_output
+from xllava_jax.cli import UserError, atomic_output, available_memory
 from xllava_jax.convert import hf_config
 from xllava_jax.data.chat_template import chat_template
 from xllava_jax.convert.layout import (CLIP_PREFIXES, LLAMA_PREFIXES, LLAVA_PREFIXES, detect_layout, flatten,
@@ -55,6 +55,8 @@ def read_params(state: StateDict, abstract: dict, prefixes: list, shardings: Any
     host holds at most one layer's tensor or one unstacked leaf beside what the devices hold.
     """
     placements = dict(flatten(shardings)) if shardings is not None else None
+    if placements is not None:
+        state.drop_cache = not fits_beside_cache(state, abstract)
     leaves = []
     for path, spec in flatten(abstract):
         stacked = is_stacked(path, prefixes)
@@ -69,6 +71,13 @@ def read_params(state: StateDict, abstract: dict, prefixes: list, shardings: Any
         else:
             leaves.append((path, stream_leaf(state, keys, path, spec, stacked, placements[path])))
     return unflatten(iter(leaves))
+
+
+def fits_beside_cache(state: StateDict, abstract: dict) -> bool:
+    """Whether host memory can hold the params of `abstract` and all of `state`'s files in the page cache at once
+    (cached pages count as available, so both must fit in what is available now)."""
+    available = available_memory()
+    return available is None or available >= tree_bytes(abstract) + state.nbytes()
 
 
 def host_leaf(state: StateDict, keys: list[str], path: tuple, spec: Any, stacked: bool) -> np.ndarray:
@@ -95,15 +104,17 @@ def _device_ops(kind: str, dtype: Any, shape: tuple, sharding: Any) -> tuple[Cal
 
 
 def stream_leaf(state: StateDict, keys: list[str], path: tuple, spec: Any, stacked: bool, sharding: Any) -> jax.Array:
-    """One param on its devices, each layer's mapped pages dropped once it is there: a matrix on one CPU device is
-    copied or transposed into place straight from the mapped file (cpu_kernels.load_into); a big stacked leaf is
-    written layer by layer in place; any other leaf is put whole from host_leaf."""
+    """One param on its devices, each layer's mapped pages dropped once it is there: matrices for one CPU device are
+    copied or transposed straight from the mapped file (cpu_kernels.load_stack); a big stacked leaf is written layer
+    by layer in place; any other leaf is put whole from host_leaf."""
     slot = tuple(spec.shape[1:] if stacked else spec.shape)
     if cpu_kernels.loads(state.get(keys[0]).dtype, spec.dtype, slot, sharding):
-        value = _device_ops(path[-1], jnp.dtype(spec.dtype), tuple(spec.shape), sharding)[0]()
         transpose = from_hf_layout(path, np.empty((1, 2))).shape == (2, 1)  # the layout's own rule for matrices
-        for i, key in enumerate(keys):
-            value = cpu_kernels.load_into(value, state.get(key), i if stacked else None, transpose=transpose)
+        hosts = [state.get(key) for key in keys]
+        value = cpu_kernels.load_stack(hosts, tuple(spec.shape), transpose=transpose,
+                                       release="evict" if state.drop_cache else "unmap")
+        del hosts
+        for key in keys:
             state.release(key)
         return value
     if not stacked or math.prod(spec.shape) * jnp.dtype(spec.dtype).itemsize < STREAM_MIN_BYTES:
@@ -315,5 +326,9 @@ def _dict_nodes(tree: dict) -> Iterator[dict]:
 
 def host_bytes(cfg: LlavaConfig | LlamaConfig, dtype: str | None = None) -> int:
     """Bytes of `cfg`'s params in their dtype (or `dtype`)."""
-    item = (lambda x: jnp.dtype(DTYPES[dtype]).itemsize) if dtype else (lambda x: jnp.dtype(x.dtype).itemsize)
-    return sum(math.prod(x.shape) * item(x) for x in jax.tree_util.tree_leaves(abstract_params(cfg)))
+    return tree_bytes(abstract_params(cfg), DTYPES[dtype] if dtype else None)
+
+
+def tree_bytes(tree: Any, dtype: Any = None) -> int:
+    """Bytes of a pytree of arrays or shape-dtype structs in their dtypes (or all in `dtype`)."""
+    return sum(math.prod(x.shape) * jnp.dtype(dtype or x.dtype).itemsize for x in jax.tree_util.tree_leaves(tree))

@@ -47,21 +47,32 @@ class MappedFile:
             raise ValueError(f"weight {key!r} in {self.path}: {end - begin} bytes for shape {shape} {entry['dtype']}")
         return np.frombuffer(self.map, dtype, math.prod(shape), self.start + begin).reshape(shape)
 
-    def release(self, key: str) -> None:
-        """Drop this process's pages of tensor `key`; they stay in the page cache, and a later read maps them
-        again."""
+    def release(self, key: str, drop_cache: bool = False) -> None:
+        """Drop this process's pages of tensor `key`; they stay in the page cache (unless `drop_cache`), and a later
+        read maps them again."""
         begin, end = self.header[key]["data_offsets"]
         lo = (self.start + begin) // mmap.PAGESIZE * mmap.PAGESIZE
         if end > begin:
             self.map.madvise(mmap.MADV_DONTNEED, lo, self.start + end - lo)
+            if drop_cache:
+                fd = os.open(self.path, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, lo, self.start + end - lo, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
 
 
 class StateDict:
-    """Read access to the tensors of a safetensors checkpoint directory, memory-mapped (no copies)."""
+    """Read access to the tensors of a safetensors checkpoint directory, memory-mapped (no copies).
+
+    With `drop_cache` set, released tensors leave the page cache too: a loader copying every weight into memory
+    that cannot also hold the files' cached pages then evicts what it has read rather than what it has yet to read.
+    """
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
         self.files = self._key_files()
+        self.drop_cache = False
 
     def _key_files(self) -> dict[str, MappedFile]:
         index = self.directory / INDEX_FILE
@@ -97,7 +108,11 @@ class StateDict:
 
     def release(self, key: str) -> None:
         """Drop this process's pages of `key` (call once its data has been copied elsewhere)."""
-        self.files[key].release(key)
+        self.files[key].release(key, self.drop_cache)
+
+    def nbytes(self) -> int:
+        """Bytes of all tensor data in the checkpoint's files."""
+        return sum(os.path.getsize(f.path) for f in set(self.files.values()))
 
 
 def safetensors_header(entries: Iterable[tuple[str, tuple[int, ...], Any]]) -> bytes:

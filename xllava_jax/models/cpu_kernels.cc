@@ -4,10 +4,10 @@
 //   Reads layer `layer` of the stacked weights in place, each weight once for all M rows, widening bf16 to
 //   float32 in registers (XLA:CPU widens the whole bf16 operand in memory first); each thread streams its own
 //   block of weight rows.
-// - XllavaLoadInto: out = stack with out[layer] = a host matrix (a memory-mapped checkpoint tensor), copied or
-//   transposed ([out, in] -> [in, out], blocked in two levels; XLA:CPU and NumPy transpose these matrices at
-//   ~0.2-0.6 GB/s), in place (out aliases stack), reading the host memory once (jax.device_put of a mapped
-//   tensor makes ~1.5 GB/s).
+// - XllavaLoadStack: a fresh stacked leaf out[l] = host matrix l (memory-mapped checkpoint tensors), each copied
+//   or transposed ([out, in] -> [in, out], blocked in two levels; XLA:CPU and NumPy transpose these matrices at
+//   ~0.2-0.6 GB/s), reading the host memory once (jax.device_put of a mapped tensor makes ~1.5 GB/s), dropping
+//   each layer's mapped pages (and, asked, its cached pages) once copied.
 // Both split their work over XLA's intra-op thread pool (Parallel).
 #include <algorithm>
 #include <atomic>
@@ -16,6 +16,10 @@
 #include <memory>
 #include <thread>
 #include <vector>
+
+#include <immintrin.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -121,7 +125,64 @@ ffi::Error Matvec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi
 // kInner-square blocks (L1-sized), reading rows of a block contiguously (2.6 GB/s a thread at 11008 x 4096 bf16,
 // against 0.6-1.5 for one level of blocking).
 constexpr int64_t kOuter = 256;
-constexpr int64_t kInner = 16;
+constexpr int64_t kInner = 32;
+
+// out[j] = column c + j of the 8 x 8 block of 16-bit src at (r, c): three rounds of unpacks.
+inline void Transpose8x8(const uint16_t* src, int64_t cols, int64_t r, int64_t c, __m128i out[8]) {
+  __m128i a[8], t[8];
+  for (int i = 0; i < 8; ++i) a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (r + i) * cols + c));
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
+    t[i + 4] = _mm_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // h: columns 0-3, then 4-7
+    const __m128i* u = t + 4 * h;
+    const __m128i p0 = _mm_unpacklo_epi32(u[0], u[1]), p1 = _mm_unpackhi_epi32(u[0], u[1]);
+    const __m128i p2 = _mm_unpacklo_epi32(u[2], u[3]), p3 = _mm_unpackhi_epi32(u[2], u[3]);
+    out[4 * h] = _mm_unpacklo_epi64(p0, p2);
+    out[4 * h + 1] = _mm_unpackhi_epi64(p0, p2);
+    out[4 * h + 2] = _mm_unpacklo_epi64(p1, p3);
+    out[4 * h + 3] = _mm_unpackhi_epi64(p1, p3);
+  }
+}
+
+// dst rows c..c+7, columns r..r+8*kLines-1 = the transposed 16-bit src block at (r, c): each dst row gets a whole
+// 64-byte line at once, written past the caches when aligned (the output is read only later; no read for
+// ownership of lines that are overwritten whole).
+constexpr int kLines = 4;
+inline void TransposeLines(const uint16_t* src, uint16_t* dst, int64_t rows, int64_t cols, int64_t r, int64_t c) {
+  __m128i out[kLines][8];
+  for (int q = 0; q < kLines; ++q) Transpose8x8(src, cols, r + 8 * q, c, out[q]);
+  for (int j = 0; j < 8; ++j) {
+    __m128i* line = reinterpret_cast<__m128i*>(dst + (c + j) * rows + r);
+    const bool aligned = (reinterpret_cast<uintptr_t>(line) & 63) == 0;
+    for (int q = 0; q < kLines; ++q) {
+      if (aligned) {
+        _mm_stream_si128(line + q, out[q][j]);
+      } else {
+        _mm_storeu_si128(line + q, out[q][j]);
+      }
+    }
+  }
+}
+
+template <typename T>
+void TransposeBlock(const T* src, T* dst, int64_t rows, int64_t cols, int64_t rb, int64_t re, int64_t cb,
+                    int64_t ce) {
+  int64_t r = rb;
+  if constexpr (sizeof(T) == 2) {
+    for (; r + 8 * kLines <= re; r += 8 * kLines) {
+      int64_t c = cb;
+      for (; c + 8 <= ce; c += 8) TransposeLines(src, dst, rows, cols, r, c);
+      for (; c < ce; ++c) {
+        for (int64_t i = r; i < r + 8 * kLines; ++i) dst[c * rows + i] = src[i * cols + c];
+      }
+    }
+  }
+  for (; r < re; ++r) {
+    for (int64_t c = cb; c < ce; ++c) dst[c * rows + r] = src[r * cols + c];
+  }
+}
 
 template <typename T>
 void TransposeRows(const T* src, T* dst, int64_t rows, int64_t cols, int64_t r0, int64_t r1) {
@@ -130,75 +191,104 @@ void TransposeRows(const T* src, T* dst, int64_t rows, int64_t cols, int64_t r0,
     for (int64_t ct = 0; ct < cols; ct += kOuter) {
       const int64_t cte = std::min(ct + kOuter, cols);
       for (int64_t rb = rt; rb < rte; rb += kInner) {
-        const int64_t re = std::min(rb + kInner, rte);
         for (int64_t cb = ct; cb < cte; cb += kInner) {
-          const int64_t ce = std::min(cb + kInner, cte);
-          for (int64_t r = rb; r < re; ++r) {
-            for (int64_t c = cb; c < ce; ++c) dst[c * rows + r] = src[r * cols + c];
-          }
+          TransposeBlock(src, dst, rows, cols, rb, std::min(rb + kInner, rte), cb, std::min(cb + kInner, cte));
         }
       }
     }
   }
+  _mm_sfence();  // this thread's streamed stores land before it reports its part done
 }
 
-// out = stack with out[layer] = the host matrix at `address` ([R, C] row-major, transposed into out[layer] of
-// [C, R] when `transpose`, else copied), read straight from host memory (a memory-mapped checkpoint) once.
-ffi::Error LoadInto(ffi::ThreadPool pool, ffi::AnyBuffer stack, ffi::Buffer<ffi::U32> address,
-                    ffi::Buffer<ffi::S32> layer, ffi::Result<ffi::AnyBuffer> out, bool transpose, bool stacked) {
+// A host address passed as two uint32 halves (JAX has no 64-bit integers by default).
+const char* Address(const uint32_t* half) {
+  return reinterpret_cast<const char*>(static_cast<uintptr_t>(half[0]) | static_cast<uintptr_t>(half[1]) << 32);
+}
+
+// Maps the pages holding [p, p + n) in one call (MADV_POPULATE_WRITE / _READ, Linux 5.14) instead of a page fault
+// each; advice only.
+void Populate(const char* p, int64_t n, bool write) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  void* lo = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(p) & ~(page - 1));
+  madvise(lo, reinterpret_cast<uintptr_t>(p) + n - reinterpret_cast<uintptr_t>(lo), write ? 23 : 22);
+}
+
+// What LoadStack does with each layer's host pages once copied (the host memory must be a read-only file mapping
+// for anything but kKeep: anonymous memory would read back as zeros).
+enum Release : int32_t { kKeep = 0, kUnmap = 1, kEvict = 2 };
+
+// Drops this process's mapping of the pages holding [p, p + n); with kEvict, first reclaims them from the page
+// cache too (MADV_PAGEOUT, Linux 5.4; pages other processes map stay). The data stays in the file.
+void Release(const char* p, int64_t n, int32_t how) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  void* lo = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(p) & ~(page - 1));
+  const size_t length = reinterpret_cast<uintptr_t>(p) + n - reinterpret_cast<uintptr_t>(lo);
+  if (how == kEvict) madvise(lo, length, MADV_PAGEOUT);
+  if (how != kKeep) madvise(lo, length, MADV_DONTNEED);
+}
+
+// out[l] = the host matrix at addresses[l] for every layer l of out ([L, A, B], or [A, B] with one address): each
+// [B, A] row-major host matrix transposed when `transpose`, else an [A, B] one copied. The output is fresh
+// (nothing to zero first) and the host memory is read once; each layer's host pages are then released as
+// `release` (a Release) says.
+ffi::Error LoadStack(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> addresses, ffi::Result<ffi::AnyBuffer> out,
+                     bool transpose, int32_t release) {
   const auto od = out->dimensions();
   const int64_t rank = od.size();
-  const int64_t layers = stacked ? od[0] : 1;
-  if (rank != (stacked ? 3 : 2)) return ffi::Error::InvalidArgument("load into: expected [L, A, B] or [A, B]");
-  const int32_t l = *layer.typed_data();
-  if (l < 0 || l >= layers) return ffi::Error::InvalidArgument("load into: layer index out of range");
+  const int64_t layers = rank == 3 ? od[0] : 1;
+  if (rank != 2 && rank != 3) return ffi::Error::InvalidArgument("load stack: expected [L, A, B] or [A, B]");
+  if (addresses.element_count() != 2 * layers) return ffi::Error::InvalidArgument("load stack: one address a layer");
   const int64_t a = od[rank - 2], b = od[rank - 1];
   const int64_t bytes = ffi::ByteWidth(out->element_type());
-  if (out->untyped_data() != stack.untyped_data()) {  // XLA did not alias: keep the other layers
-    std::memcpy(out->untyped_data(), stack.untyped_data(), stack.size_bytes());
-  }
-  const uint32_t* half = address.typed_data();  // low, high 32 bits (JAX has no 64-bit integers by default)
-  const char* src = reinterpret_cast<const char*>(static_cast<uintptr_t>(half[0]) | static_cast<uintptr_t>(half[1]) << 32);
-  char* dst = reinterpret_cast<char*>(out->untyped_data()) + static_cast<int64_t>(l) * a * b * bytes;
-  if (!transpose) {
-    const int64_t chunks = (a * b * bytes + (8 << 20) - 1) / (8 << 20);
-    Parallel(pool, chunks, [=](int64_t, int64_t c0, int64_t c1) {
-      const int64_t lo = c0 * (8 << 20), hi = std::min(a * b * bytes, c1 * (8 << 20));
-      if (hi > lo) std::memcpy(dst + lo, src + lo, hi - lo);
+  if (bytes != 2 && bytes != 4) return ffi::Error::InvalidArgument("load stack: 2- or 4-byte elements only");
+  const int64_t slot = a * b * bytes;
+  char* base = reinterpret_cast<char*>(out->untyped_data());
+  for (int64_t l = 0; l < layers; ++l) {
+    const char* src = Address(addresses.typed_data() + 2 * l);
+    char* dst = base + l * slot;
+    const int64_t pieces = Parts(pool, slot >> 20);  // each thread maps a piece of the output, then of the input
+    Parallel(pool, 2 * pieces, [=](int64_t, int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t begin = slot * (p / 2) / pieces, end = slot * (p / 2 + 1) / pieces;
+        Populate((p % 2 ? src : dst) + begin, end - begin, p % 2 == 0);
+      }
     });
-    return ffi::Error::Success();
-  }
-  const int64_t rows = b, cols = a;  // the host matrix is [b, a]
-  const int64_t blocks = (rows + kOuter - 1) / kOuter;
-  auto run = [&](auto zero) {
-    using T = decltype(zero);
-    const T* s = reinterpret_cast<const T*>(src);
-    T* d = reinterpret_cast<T*>(dst);
-    Parallel(pool, blocks, [=](int64_t, int64_t b0, int64_t b1) {
-      TransposeRows(s, d, rows, cols, std::min(rows, b0 * kOuter), std::min(rows, b1 * kOuter));
-    });
-  };
-  if (bytes == 2) {
-    run(uint16_t{});
-  } else if (bytes == 4) {
-    run(uint32_t{});
-  } else {
-    return ffi::Error::InvalidArgument("load into: 2- or 4-byte elements only");
+    if (!transpose) {
+      const int64_t chunk = 8 << 20;
+      Parallel(pool, (slot + chunk - 1) / chunk, [=](int64_t, int64_t c0, int64_t c1) {
+        const int64_t lo = c0 * chunk, hi = std::min(slot, c1 * chunk);
+        if (hi > lo) std::memcpy(dst + lo, src + lo, hi - lo);
+      });
+    } else {
+      const int64_t rows = b, cols = a;  // the host matrix is [b, a]
+      auto run = [&](auto zero) {
+        using T = decltype(zero);
+        const T* s = reinterpret_cast<const T*>(src);
+        T* d = reinterpret_cast<T*>(dst);
+        Parallel(pool, (rows + kOuter - 1) / kOuter, [=](int64_t, int64_t b0, int64_t b1) {
+          TransposeRows(s, d, rows, cols, std::min(rows, b0 * kOuter), std::min(rows, b1 * kOuter));
+        });
+      };
+      if (bytes == 2) {
+        run(uint16_t{});
+      } else {
+        run(uint32_t{});
+      }
+    }
+    Release(src, slot, release);
   }
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XllavaLoadInto, LoadInto,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XllavaLoadStack, LoadStack,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<bool>("transpose")
-                                  .Attr<bool>("stacked"));
+                                  .Attr<int32_t>("release"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(XllavaBf16Matvec, Matvec,
                               ffi::Ffi::Bind()

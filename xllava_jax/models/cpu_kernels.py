@@ -2,9 +2,10 @@
 - `matvec`: x @ w[layer] for a few rows (decode), reading the stacked bf16 weights in place. XLA:CPU has no bf16
   arithmetic and widens a whole bf16 weight to float32 in memory before each dot, so batch-1 decode moved several
   times the weight bytes per token;
-- `load_into`: stack[layer] = a host array (a memory-mapped checkpoint tensor), copied or transposed (HF
-  [out, in] matrices into our [in, out] stacks), in place, reading the host memory once; XLA:CPU's and NumPy's
-  transposes of these matrices run at 0.2-0.6 GB/s and `jax.device_put` of a mapped tensor at ~1.5 GB/s.
+- `load_stack`: a stacked leaf from its per-layer host matrices (memory-mapped checkpoint tensors), copied or
+  transposed (HF [out, in] matrices into our [in, out] stacks) in one call, reading the host memory once, into a
+  fresh buffer; XLA:CPU's and NumPy's transposes of these matrices run at 0.2-0.6 GB/s,
+  `jax.device_put` of a mapped tensor at ~1.5 GB/s, and zero-filling a stack first faults every 4 KB page.
 
 Built on first use with the host's C++ compiler (-O3 -march=native) into a cache keyed by the source, jaxlib and
 the CPU; without a compiler, `available()` is False (logged once) and callers keep XLA's dot.
@@ -22,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 TARGET = "xllava_bf16_matvec"
-LOAD_TARGET = "xllava_load_into"
+LOAD_TARGET = "xllava_load_stack"
 MAX_ROWS = 16  # rows a call may carry (kMaxRows in cpu_kernels.cc); more rows are compute-bound: XLA's dot
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
@@ -78,7 +80,7 @@ def available() -> bool:
     try:
         lib = ctypes.cdll.LoadLibrary(str(build()))
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.XllavaBf16Matvec), platform="cpu")
-        jax.ffi.register_ffi_target(LOAD_TARGET, jax.ffi.pycapsule(lib.XllavaLoadInto), platform="cpu")
+        jax.ffi.register_ffi_target(LOAD_TARGET, jax.ffi.pycapsule(lib.XllavaLoadStack), platform="cpu")
     except (OSError, RuntimeError) as e:
         log.warning("CPU kernels unavailable; bf16 decode and checkpoint loading use XLA (several times slower): %s", e)
         return False
@@ -105,29 +107,42 @@ def matvec(x: jax.Array, weights: jax.Array, layer: jax.Array | int = 0) -> jax.
     return call(rows, stacked, jnp.asarray(layer, jnp.int32)).reshape(*x.shape[:-1], n)
 
 
-@functools.partial(jax.jit, donate_argnums=0, static_argnames=("transpose",))
-def _load_into(stack: jax.Array, address: jax.Array, layer: jax.Array, transpose: bool) -> jax.Array:
-    call = jax.ffi.ffi_call(LOAD_TARGET, jax.ShapeDtypeStruct(stack.shape, stack.dtype), input_output_aliases={0: 0})
-    return call(stack, address, layer, transpose=transpose, stacked=stack.ndim == 3)
+RELEASES = ("keep", "unmap", "evict")  # Release in cpu_kernels.cc
 
 
-def load_into(stack: jax.Array, host: np.ndarray, layer: int | None = None, *, transpose: bool) -> jax.Array:
-    """`stack` ([L, *S] with `layer`, or S without) with that slot = `host` (shape S), or `host`.T (2-D, shape S
-    reversed) when `transpose`, written in place into the donated `stack` on one CPU device; returns once the copy
-    is done (`host` may go)."""
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "transpose", "release"))
+def _load_stack(addresses: jax.Array, shape: tuple, dtype: Any, transpose: bool, release: str) -> jax.Array:
+    call = jax.ffi.ffi_call(LOAD_TARGET, jax.ShapeDtypeStruct(shape, dtype))
+    return call(addresses, transpose=transpose, release=np.int32(RELEASES.index(release)))
+
+
+def load_stack(hosts: list[np.ndarray], shape: tuple, *, transpose: bool, release: str = "keep") -> jax.Array:
+    """A new array of `shape` ([L, *S] from L host matrices, or S from one) on the first CPU device, each host
+    matrix (shape S, or S reversed and transposed when `transpose`) read once; returns when done (`hosts` may go).
+
+    `release` says what happens to each host matrix's pages once copied: "keep"; "unmap" (dropped from this
+    process; they stay in the page cache); "evict" (from the page cache too, unless another process maps them).
+    Anything but "keep" is only for read-only file mappings: anonymous memory would read back as zeros.
+    """
     _require()
-    slot = tuple(stack.shape[1:] if layer is not None else stack.shape)
+    if release not in RELEASES:
+        raise ValueError(f"load_stack: release {release!r} is not one of {RELEASES}")
+    slot = tuple(shape[1:] if len(shape) == 3 else shape)
     want = slot[::-1] if transpose else slot
-    if host.dtype != stack.dtype or not host.flags.c_contiguous or len(slot) != 2 or tuple(host.shape) != want:
-        raise ValueError(f"load_into: host {host.dtype}{list(host.shape)} (C order: {host.flags.c_contiguous}) "
-                         f"does not fit a {stack.dtype}{list(slot)} slot (transpose={transpose})")
-    address = jnp.asarray(np.array([host.ctypes.data & 0xFFFFFFFF, host.ctypes.data >> 32], np.uint32))
-    out = _load_into(stack, address, jnp.asarray(layer or 0, jnp.int32), transpose)
-    return out.block_until_ready()
+    dtype = hosts[0].dtype
+    for host in hosts:
+        if host.dtype != dtype or not host.flags.c_contiguous or len(slot) != 2 or tuple(host.shape) != want:
+            raise ValueError(f"load_stack: host {host.dtype}{list(host.shape)} (C order: {host.flags.c_contiguous}) "
+                             f"does not fit a {dtype}{list(slot)} slot (transpose={transpose})")
+    if (len(shape) == 3 and shape[0] != len(hosts)) or (len(shape) == 2 and len(hosts) != 1):
+        raise ValueError(f"load_stack: {len(hosts)} host matrices for shape {list(shape)}")
+    pointers = np.array([h.ctypes.data for h in hosts], np.uint64)
+    addresses = jnp.asarray(np.stack([pointers & 0xFFFFFFFF, pointers >> 32], -1).astype(np.uint32))
+    return _load_stack(addresses, tuple(shape), jnp.dtype(dtype), transpose, release).block_until_ready()
 
 
 def loads(host_dtype, dtype, slot: tuple, sharding) -> bool:
-    """Whether load_into can write HF tensors of `host_dtype` into a leaf of `dtype` whose (per-layer) slot has
+    """Whether load_stack can write HF tensors of `host_dtype` into a leaf of `dtype` whose (per-layer) slot has
     shape `slot` on `sharding`: a 2-D slot, the same dtype of 2 or 4 bytes, one CPU device."""
     return (len(slot) == 2 and jnp.dtype(host_dtype) == jnp.dtype(dtype) and jnp.dtype(dtype).itemsize in (2, 4)
             and len(sharding.device_set) == 1 and next(iter(sharding.device_set)).platform == "cpu" and available())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -58,14 +59,19 @@ def init_group(cfg: LlavaConfig, group: str, rng: jax.Array) -> dict:
     return nn.unbox(build_model(cfg).init(rng, x, method=fn)["params"][group])
 
 
+@functools.lru_cache(maxsize=32)
+def _abstract_boxed(cfg: ModelConfig) -> Any:
+    return jax.eval_shape(lambda: _init_boxed(cfg, jax.random.PRNGKey(0)))  # a trace of the whole model: cached
+
+
 def abstract_params(cfg: ModelConfig) -> dict:
     """Parameter shapes and dtypes (jax.ShapeDtypeStruct), without allocating anything."""
-    return nn.unbox(jax.eval_shape(lambda: _init_boxed(cfg, jax.random.PRNGKey(0))))
+    return nn.unbox(_abstract_boxed(cfg))
 
 
 def param_logical_axes(cfg: ModelConfig) -> dict:
     """A PartitionSpec of logical axis names for every parameter."""
-    return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(cfg, jax.random.PRNGKey(0))))
+    return nn.get_partition_spec(_abstract_boxed(cfg))
 
 
 def with_towers(cfg: ModelConfig, **changes: Any) -> ModelConfig:
