@@ -46,6 +46,34 @@ def test_unstacked_weights_and_leading_dims():
     np.testing.assert_allclose(np.asarray(cpu_kernels.matvec(x, w)), want, rtol=1e-5, atol=1e-4)
 
 
+needs_gemm = pytest.mark.skipif(not cpu_kernels.gemm_available(), reason="the CPU has no AVX512-BF16")
+
+
+@needs_gemm
+@pytest.mark.parametrize("rows, k, n, layers", [(17, 64, 96, 2), (30, 101, 250, 1), (1000, 37, 33, 3),
+                                                 (25, 4100, 130, 1), (13, 2049, 31, 2), (12, 2, 1, 1)])
+def test_gemm_equals_numpy(rows, k, n, layers):
+    """Every layer of a stack; row counts off the 12-row tile, K odd and over a 2048-deep block (accumulated
+    across blocks, the odd last row), N off the 32-column panel and 128-column block."""
+    rng = np.random.default_rng(rows * k + n)
+    w = jnp.asarray(rng.normal(size=(layers, k, n)), jnp.bfloat16)
+    x = jnp.asarray(rng.normal(size=(rows, k)), jnp.bfloat16)
+    wide = np.asarray(w.astype(jnp.float32), np.float64)
+    for layer in range(layers):
+        got = np.asarray(jax.jit(cpu_kernels.matmul)(x, w, layer))
+        want = np.asarray(x.astype(jnp.float32), np.float64) @ wide[layer]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+
+
+def test_kernel_choice():
+    """Few rows: matvec; more: the GEMM for bf16 x where the CPU has it, else XLA; never for float32 weights."""
+    w = jnp.zeros((2, 8, 8), jnp.bfloat16)
+    assert cpu_kernels.product(16, w, jnp.float32) is cpu_kernels.matvec
+    assert cpu_kernels.product(17, w, jnp.bfloat16) is (cpu_kernels.matmul if cpu_kernels.gemm_available() else None)
+    assert cpu_kernels.product(17, w, jnp.float32) is None
+    assert cpu_kernels.product(1, w.astype(jnp.float32), jnp.float32) is None
+
+
 @pytest.fixture(scope="module")
 def bf16_llama(tmp_path_factory):
     path = tmp_path_factory.mktemp("matvec_llama")
@@ -54,19 +82,20 @@ def bf16_llama(tmp_path_factory):
     return hf, path
 
 
-def test_bf16_model_logits_match_transformers(bf16_llama):
-    """A decode-sized forward (few rows: the kernel) against transformers in float32 on the same bf16 weights,
-    as close as XLA's own dot gets."""
+@pytest.mark.parametrize("length", [5, 40])
+def test_bf16_model_logits_match_transformers(bf16_llama, length):
+    """A decode-sized forward (few rows: matvec) and a prefill-sized one (80 rows: the GEMM where the CPU has
+    it) against transformers in float32 on the same bf16 weights, as close as XLA's own dot gets."""
     hf, path = bf16_llama
     model, params = load_model(path, dtype="bfloat16")
     assert model.cfg.cpu_matvec
-    ids = np.random.default_rng(1).integers(3, ref.IMAGE_TOKEN, size=(2, 5))
+    ids = np.random.default_rng(1).integers(3, ref.IMAGE_TOKEN, size=(2, length))
     with torch.no_grad():
         want = hf.float()(torch.from_numpy(ids)).logits.numpy()
     hf.to(torch.bfloat16)
     plain = build_model(dataclasses.replace(model.cfg, cpu_matvec=False))
     got, xla = (np.asarray(jax.jit(m.apply)({"params": params}, jnp.asarray(ids, jnp.int32))) for m in (model, plain))
-    assert ref.scaled_diff(got, want) < 2e-2
+    assert ref.scaled_diff(got, want) < (2e-2 if length == 5 else 5e-2)  # transformers' own bf16 at 40: 0.023
     assert ref.scaled_diff(got, want) <= 1.5 * ref.scaled_diff(xla, want) + 1e-3
 
 
@@ -80,6 +109,18 @@ def test_decode_reads_stacked_weights_in_place(bf16_llama):
     state = prefill(model, params, *arrays, eos, jax.random.PRNGKey(0), max_new_tokens=6, sampling=SamplingConfig())
     hlo = decode.lower(model, params, state, eos, jnp.int32(6), sampling=SamplingConfig()).compile().as_text()
     assert hlo.count(f'custom_call_target="{cpu_kernels.TARGET}"') == 8  # q k v o gate up down, lm_head
+    weight = re.compile(r"= bf16\[(128,344|344,128|128,128|128,\d+)\]\S* (dynamic-slice|copy|fusion)")
+    assert [line for line in hlo.splitlines() if weight.search(line)] == []
+
+
+@needs_gemm
+def test_prefill_reads_stacked_weights_in_place(bf16_llama):
+    """A prefill-sized forward passes each stacked weight to the GEMM: no per-layer slice of a weight matrix."""
+    _, path = bf16_llama
+    model, params = load_model(path, dtype="bfloat16")
+    ids = jnp.asarray(np.random.default_rng(1).integers(3, ref.IMAGE_TOKEN, size=(2, 40)), jnp.int32)
+    hlo = jax.jit(model.apply).lower({"params": params}, ids).compile().as_text()
+    assert hlo.count(f'custom_call_target="{cpu_kernels.GEMM_TARGET}"') == 8  # q k v o gate up down, lm_head
     weight = re.compile(r"= bf16\[(128,344|344,128|128,128|128,\d+)\]\S* (dynamic-slice|copy|fusion)")
     assert [line for line in hlo.splitlines() if weight.search(line)] == []
 

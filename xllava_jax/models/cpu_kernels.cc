@@ -15,6 +15,7 @@
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <immintrin.h>
@@ -280,6 +281,126 @@ ffi::Error LoadStack(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> addresses, ffi:
   return ffi::Error::Success();
 }
 
+
+#ifdef __AVX512BF16__
+// bf16 GEMM (prefill): y[M, N] (float32) = x[M, K] @ w[layer, K, N] (both bfloat16) with AVX512-BF16 dot products
+// (vdpbf16ps: two bf16 products per float32 lane), reading the stacked weights in place. Each thread owns blocks
+// of kNC columns; a block's weights are packed kKC rows at a time into panels of kNR columns whose row pairs are
+// interleaved (the operand layout vdpbf16ps wants), then kMR x kNR tiles of y accumulate in registers.
+constexpr int64_t kMR = 12;
+constexpr int64_t kNR = 32;
+constexpr int64_t kNC = 128;
+constexpr int64_t kKC = 2048;  // even: only the last depth block may hold an odd row
+
+// panel[p][0:64] = for columns c..c+31 of rows (k0 + 2p, k0 + 2p + 1) of w: (w[2p][c], w[2p+1][c], ...) for
+// columns 0-15, then 16-31; rows and columns past the block are zeros.
+void Pack(const uint16_t* w, int64_t ldw, int64_t kc, int64_t nc, uint16_t* packed) {
+  const int64_t pairs = (kc + 1) / 2, panels = (nc + kNR - 1) / kNR;
+  alignas(64) uint16_t lo[32], hi[32];
+  for (int i = 0; i < 16; ++i) {
+    lo[2 * i] = i, lo[2 * i + 1] = 32 + i, hi[2 * i] = 16 + i, hi[2 * i + 1] = 48 + i;
+  }
+  const __m512i idx_lo = _mm512_load_si512(lo), idx_hi = _mm512_load_si512(hi);
+  for (int64_t p = 0; p < pairs; ++p) {
+    const uint16_t* r0 = w + 2 * p * ldw;
+    const bool second = 2 * p + 1 < kc;
+    for (int64_t j = 0; j < panels; ++j) {
+      const int64_t cols = std::min(kNR, nc - j * kNR);
+      const __mmask32 mask = cols == 32 ? ~__mmask32{0} : (__mmask32{1} << cols) - 1;
+      const __m512i a = _mm512_maskz_loadu_epi16(mask, r0 + j * kNR);
+      const __m512i b = second ? _mm512_maskz_loadu_epi16(mask, r0 + ldw + j * kNR) : _mm512_setzero_si512();
+      uint16_t* out = packed + (j * pairs + p) * 2 * kNR;
+      _mm512_storeu_si512(out, _mm512_permutex2var_epi16(a, idx_lo, b));
+      _mm512_storeu_si512(out + kNR, _mm512_permutex2var_epi16(a, idx_hi, b));
+    }
+  }
+}
+
+// y[0:MR, 0:cols] (+)= x[0:MR, 0:kc] @ one packed panel; x rows are ldx apart, y rows ldy.
+template <int MR>
+void Tile(const uint16_t* x, int64_t ldx, const uint16_t* panel, int64_t kc, float* y, int64_t ldy, int64_t cols,
+          bool accumulate) {
+  const __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16{1} << cols) - 1;
+  const __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (__mmask16{1} << (cols - 16)) - 1;
+  __m512 acc[MR][2];
+  for (int r = 0; r < MR; ++r) {
+    acc[r][0] = accumulate ? _mm512_maskz_loadu_ps(m0, y + r * ldy) : _mm512_setzero_ps();
+    acc[r][1] = accumulate ? _mm512_maskz_loadu_ps(m1, y + r * ldy + 16) : _mm512_setzero_ps();
+  }
+  const int64_t full = kc / 2;
+  for (int64_t p = 0; p < full; ++p) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(panel + p * 2 * kNR);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(panel + p * 2 * kNR + kNR);
+    for (int r = 0; r < MR; ++r) {
+      uint32_t pair;
+      std::memcpy(&pair, x + r * ldx + 2 * p, sizeof pair);
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
+    }
+  }
+  if (kc % 2) {  // the odd last row: its partner is zero in the panel and must not be read past x's row
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(panel + full * 2 * kNR);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(panel + full * 2 * kNR + kNR);
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[r * ldx + kc - 1]));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    _mm512_mask_storeu_ps(y + r * ldy, m0, acc[r][0]);
+    _mm512_mask_storeu_ps(y + r * ldy + 16, m1, acc[r][1]);
+  }
+}
+
+template <int... R>
+void TileRows(int rows, std::integer_sequence<int, R...>, const uint16_t* x, int64_t ldx, const uint16_t* panel,
+              int64_t kc, float* y, int64_t ldy, int64_t cols, bool accumulate) {
+  ((rows == R + 1 ? Tile<R + 1>(x, ldx, panel, kc, y, ldy, cols, accumulate) : void()), ...);
+}
+
+ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w, ffi::Buffer<ffi::S32> layer,
+                ffi::ResultBuffer<ffi::F32> y) {
+  const auto xd = x.dimensions();
+  const auto wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 3 || xd[1] != wd[1]) {
+    return ffi::Error::InvalidArgument("bf16 gemm: expected x [M, K] and w [L, K, N]");
+  }
+  const int64_t m = xd[0], k = xd[1], n = wd[2];
+  const int32_t l = *layer.typed_data();
+  if (l < 0 || l >= wd[0]) return ffi::Error::InvalidArgument("bf16 gemm: layer index out of range");
+  const uint16_t* xp = reinterpret_cast<const uint16_t*>(x.untyped_data());
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.untyped_data()) + static_cast<int64_t>(l) * k * n;
+  float* yp = y->typed_data();
+  Parallel(pool, (n + kNC - 1) / kNC, [=](int64_t, int64_t b0, int64_t b1) {
+    thread_local std::vector<uint16_t> packed;
+    packed.resize(kKC * kNC + 2 * kNR);
+    for (int64_t block = b0; block < b1; ++block) {
+      const int64_t n0 = block * kNC, nc = std::min(kNC, n - n0);
+      for (int64_t k0 = 0; k0 < k; k0 += kKC) {
+        const int64_t kc = std::min(kKC, k - k0), pairs = (kc + 1) / 2;
+        Pack(wp + k0 * n + n0, n, kc, nc, packed.data());
+        for (int64_t r0 = 0; r0 < m; r0 += kMR) {
+          const int rows = static_cast<int>(std::min(kMR, m - r0));
+          for (int64_t j = 0; j * kNR < nc; ++j) {
+            TileRows(rows, std::make_integer_sequence<int, kMR>{}, xp + r0 * k + k0, k,
+                     packed.data() + j * pairs * 2 * kNR, kc, yp + r0 * n + n0 + j * kNR, n,
+                     std::min(kNR, nc - j * kNR), k0 > 0);
+          }
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+#else
+ffi::Error Gemm(ffi::ThreadPool, ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::S32>,
+                ffi::ResultBuffer<ffi::F32>) {
+  return ffi::Error::InvalidArgument("bf16 gemm: this CPU has no AVX512-BF16 (cpu_kernels.gemm_available)");
+}
+#endif
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(XllavaLoadStack, LoadStack,
@@ -294,6 +415,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(XllavaBf16Matvec, Matvec,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XllavaBf16Gemm, Gemm,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

@@ -2,6 +2,8 @@
 - `matvec`: x @ w[layer] for a few rows (decode), reading the stacked bf16 weights in place. XLA:CPU has no bf16
   arithmetic and widens a whole bf16 weight to float32 in memory before each dot, so batch-1 decode moved several
   times the weight bytes per token;
+- `matmul`: x @ w[layer] for many rows (prefill) on CPUs with AVX512-BF16, bf16 products accumulated in float32
+  (XLA:CPU reaches ~340 GFLOP/s there only by widening to float32, after slicing the layer out of the stack);
 - `load_stack`: a stacked leaf from its per-layer host matrices (memory-mapped checkpoint tensors), copied or
   transposed (HF [out, in] matrices into our [in, out] stacks) in one call, reading the host memory once, into a
   fresh buffer; XLA:CPU's and NumPy's transposes of these matrices run at 0.2-0.6 GB/s,
@@ -23,7 +25,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 TARGET = "xllava_bf16_matvec"
 LOAD_TARGET = "xllava_load_stack"
+GEMM_TARGET = "xllava_bf16_gemm"
 MAX_ROWS = 16  # rows a call may carry (kMaxRows in cpu_kernels.cc); more rows are compute-bound: XLA's dot
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
@@ -81,6 +84,7 @@ def available() -> bool:
         lib = ctypes.cdll.LoadLibrary(str(build()))
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.XllavaBf16Matvec), platform="cpu")
         jax.ffi.register_ffi_target(LOAD_TARGET, jax.ffi.pycapsule(lib.XllavaLoadStack), platform="cpu")
+        jax.ffi.register_ffi_target(GEMM_TARGET, jax.ffi.pycapsule(lib.XllavaBf16Gemm), platform="cpu")
     except (OSError, RuntimeError) as e:
         log.warning("CPU kernels unavailable; bf16 decode and checkpoint loading use XLA (several times slower): %s", e)
         return False
@@ -92,19 +96,42 @@ def _require() -> None:
         raise RuntimeError("the CPU kernels are unavailable (see the warning logged above)")
 
 
-def applies(rows: int, weights: jax.Array) -> bool:
-    """Whether a product of `rows` rows with `weights` ([K, N] or [L, K, N]) should take the kernel."""
-    return weights.dtype == jnp.bfloat16 and weights.ndim in (2, 3) and rows <= MAX_ROWS and available()
+@functools.cache
+def gemm_available() -> bool:
+    """Whether the bf16 GEMM kernel runs here: the kernels are built and the CPU has AVX512-BF16."""
+    return available() and "avx512_bf16" in _cpu_id().split()
+
+
+def product(rows: int, weights: jax.Array, x_dtype: Any) -> Callable | None:
+    """The kernel for `rows` rows of x (`x_dtype`) times `weights` ([K, N] or [L, K, N]): `matvec` for up to
+    MAX_ROWS rows of bf16 weights, `matmul` for more when x is bf16 too and the CPU has AVX512-BF16; None: XLA's
+    dot."""
+    if weights.dtype != jnp.bfloat16 or weights.ndim not in (2, 3) or not available():
+        return None
+    if rows <= MAX_ROWS:
+        return matvec
+    return matmul if jnp.dtype(x_dtype) == jnp.bfloat16 and gemm_available() else None
+
+
+def _call(target: str, rows: jax.Array, weights: jax.Array, layer: jax.Array | int) -> jax.Array:
+    """rows [M, K] @ weights[layer] (weights [L, K, N], or [K, N]) as float32 [M, N] by the kernel `target`."""
+    _require()
+    stacked = weights if weights.ndim == 3 else weights[None]  # a bitcast, not a copy
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((rows.shape[0], stacked.shape[2]), jnp.float32))
+    return call(rows, stacked, jnp.asarray(layer, jnp.int32))
 
 
 def matvec(x: jax.Array, weights: jax.Array, layer: jax.Array | int = 0) -> jax.Array:
     """x [..., K] @ weights[layer] (weights [L, K, N] bf16, or [K, N]) as float32 [..., N], reading in place."""
-    _require()
-    stacked = weights if weights.ndim == 3 else weights[None]  # a bitcast, not a copy
-    k, n = stacked.shape[1:]
-    rows = x.reshape(-1, k).astype(jnp.float32)
-    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32))
-    return call(rows, stacked, jnp.asarray(layer, jnp.int32)).reshape(*x.shape[:-1], n)
+    rows = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
+    return _call(TARGET, rows, weights, layer).reshape(*x.shape[:-1], -1)
+
+
+def matmul(x: jax.Array, weights: jax.Array, layer: jax.Array | int = 0) -> jax.Array:
+    """x [..., K] (bf16) @ weights[layer] (weights [L, K, N] bf16, or [K, N]) as float32 [..., N], reading the
+    weights in place; needs gemm_available()."""
+    rows = x.reshape(-1, x.shape[-1]).astype(jnp.bfloat16)
+    return _call(GEMM_TARGET, rows, weights, layer).reshape(*x.shape[:-1], -1)
 
 
 RELEASES = ("keep", "unmap", "evict")  # Release in cpu_kernels.cc

@@ -83,8 +83,9 @@ class LayerRef:
 
 
 class Dense(nn.Module):
-    """nn.Dense (kernel [in, out], optional bias) whose kernel may be a LayerRef; with `cpu_matvec`, few-row
-    products with a bf16 kernel go through the CPU matvec kernel (same result dtype as `dot_general`)."""
+    """nn.Dense (kernel [in, out], optional bias) whose kernel may be a LayerRef; with `cpu_matvec`, products with
+    a bf16 kernel go through the CPU kernels where they apply (cpu_kernels.product; same result dtype as
+    `dot_general`)."""
 
     features: int
     use_bias: bool
@@ -106,8 +107,9 @@ class Dense(nn.Module):
         dims = (((x.ndim - 1,), (0,)), ((), ()))
         weights = kernel.stacked if isinstance(kernel, LayerRef) else kernel
         out = jax.eval_shape(lambda a: dot_general(a, jnp.zeros(weights.shape[-2:], self.dtype), dims), x)
-        if self.cpu_matvec and cpu_kernels.applies(math.prod(x.shape[:-1]), weights):
-            y = cpu_kernels.matvec(x, weights, kernel.index if isinstance(kernel, LayerRef) else 0)
+        kernel_product = cpu_kernels.product(math.prod(x.shape[:-1]), weights, x.dtype) if self.cpu_matvec else None
+        if kernel_product is not None:
+            y = kernel_product(x, weights, kernel.index if isinstance(kernel, LayerRef) else 0)
         else:
             kernel = (kernel.value() if isinstance(kernel, LayerRef) else kernel).astype(self.dtype)
             # XLA:CPU runs a 16-bit-output dot at half the speed of the same dot accumulated and returned in
