@@ -51,9 +51,10 @@ needs_gemm = pytest.mark.skipif(not cpu_kernels.gemm_available(), reason="the CP
 
 @needs_gemm
 @pytest.mark.parametrize("rows, k, n, layers", [(17, 64, 96, 2), (30, 101, 250, 1), (1000, 37, 33, 3),
-                                                 (25, 4100, 130, 1), (13, 2049, 31, 2), (12, 2, 1, 1)])
+                                                 (25, 4100, 130, 1), (20, 8193, 40, 1), (13, 2049, 31, 2),
+                                                 (12, 2, 1, 1)])
 def test_gemm_equals_numpy(rows, k, n, layers):
-    """Every layer of a stack; row counts off the 12-row tile, K odd and over a 2048-deep block (accumulated
+    """Every layer of a stack; row counts off the 12-row tile, K odd and over 4096-deep blocks (accumulated
     across blocks, the odd last row), N off the 32-column panel and 128-column block."""
     rng = np.random.default_rng(rows * k + n)
     w = jnp.asarray(rng.normal(size=(layers, k, n)), jnp.bfloat16)

@@ -290,7 +290,7 @@ ffi::Error LoadStack(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> addresses, ffi:
 constexpr int64_t kMR = 12;
 constexpr int64_t kNR = 32;
 constexpr int64_t kNC = 128;
-constexpr int64_t kKC = 2048;  // even: only the last depth block may hold an odd row
+constexpr int64_t kKC = 4096;  // even: only the last depth block may hold an odd row
 
 // panel[p][0:64] = for columns c..c+31 of rows (k0 + 2p, k0 + 2p + 1) of w: (w[2p][c], w[2p+1][c], ...) for
 // columns 0-15, then 16-31; rows and columns past the block are zeros.
@@ -316,9 +316,27 @@ void Pack(const uint16_t* w, int64_t ldw, int64_t kc, int64_t nc, uint16_t* pack
   }
 }
 
-// y[0:MR, 0:cols] (+)= x[0:MR, 0:kc] @ one packed panel; x rows are ldx apart, y rows ldy.
+// xp[(block * pairs + p) * kMR + r] = (x[row][2p], x[row][2p + 1]) as one 32-bit pair, row = block * kMR + r, for
+// blocks [b0, b1): each kMR-row block's pairs one after another (a tile then reads them in order, instead of kMR
+// rows K apart, which alias in L1 when K is a multiple of 2048); zeros past row m and column k.
+void PackRows(const uint16_t* x, int64_t m, int64_t k, int64_t b0, int64_t b1, uint32_t* xp) {
+  const int64_t pairs = (k + 1) / 2;
+  for (int64_t block = b0; block < b1; ++block) {
+    uint32_t* out = xp + block * pairs * kMR;
+    for (int64_t r = 0; r < kMR; ++r) {
+      const int64_t row = block * kMR + r;
+      const uint16_t* in = x + row * k;
+      for (int64_t p = 0; p < pairs; ++p) {
+        const uint32_t lo = row < m ? in[2 * p] : 0, hi = row < m && 2 * p + 1 < k ? in[2 * p + 1] : 0;
+        out[p * kMR + r] = lo | hi << 16;
+      }
+    }
+  }
+}
+
+// y[0:MR, 0:cols] (+)= the packed x pairs (kMR per pair) @ one packed panel, over `pairs` row pairs.
 template <int MR>
-void Tile(const uint16_t* x, int64_t ldx, const uint16_t* panel, int64_t kc, float* y, int64_t ldy, int64_t cols,
+void Tile(const uint32_t* xp, const uint16_t* panel, int64_t pairs, float* y, int64_t ldy, int64_t cols,
           bool accumulate) {
   const __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16{1} << cols) - 1;
   const __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (__mmask16{1} << (cols - 16)) - 1;
@@ -327,23 +345,11 @@ void Tile(const uint16_t* x, int64_t ldx, const uint16_t* panel, int64_t kc, flo
     acc[r][0] = accumulate ? _mm512_maskz_loadu_ps(m0, y + r * ldy) : _mm512_setzero_ps();
     acc[r][1] = accumulate ? _mm512_maskz_loadu_ps(m1, y + r * ldy + 16) : _mm512_setzero_ps();
   }
-  const int64_t full = kc / 2;
-  for (int64_t p = 0; p < full; ++p) {
+  for (int64_t p = 0; p < pairs; ++p) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(panel + p * 2 * kNR);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(panel + p * 2 * kNR + kNR);
     for (int r = 0; r < MR; ++r) {
-      uint32_t pair;
-      std::memcpy(&pair, x + r * ldx + 2 * p, sizeof pair);
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
-      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
-    }
-  }
-  if (kc % 2) {  // the odd last row: its partner is zero in the panel and must not be read past x's row
-    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(panel + full * 2 * kNR);
-    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(panel + full * 2 * kNR + kNR);
-    for (int r = 0; r < MR; ++r) {
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[r * ldx + kc - 1]));
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[p * kMR + r]));
       acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
       acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
     }
@@ -355,9 +361,9 @@ void Tile(const uint16_t* x, int64_t ldx, const uint16_t* panel, int64_t kc, flo
 }
 
 template <int... R>
-void TileRows(int rows, std::integer_sequence<int, R...>, const uint16_t* x, int64_t ldx, const uint16_t* panel,
-              int64_t kc, float* y, int64_t ldy, int64_t cols, bool accumulate) {
-  ((rows == R + 1 ? Tile<R + 1>(x, ldx, panel, kc, y, ldy, cols, accumulate) : void()), ...);
+void TileRows(int rows, std::integer_sequence<int, R...>, const uint32_t* xp, const uint16_t* panel, int64_t pairs,
+              float* y, int64_t ldy, int64_t cols, bool accumulate) {
+  ((rows == R + 1 ? Tile<R + 1>(xp, panel, pairs, y, ldy, cols, accumulate) : void()), ...);
 }
 
 ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w, ffi::Buffer<ffi::S32> layer,
@@ -370,23 +376,26 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi:
   const int64_t m = xd[0], k = xd[1], n = wd[2];
   const int32_t l = *layer.typed_data();
   if (l < 0 || l >= wd[0]) return ffi::Error::InvalidArgument("bf16 gemm: layer index out of range");
-  const uint16_t* xp = reinterpret_cast<const uint16_t*>(x.untyped_data());
+  const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.untyped_data());
   const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.untyped_data()) + static_cast<int64_t>(l) * k * n;
   float* yp = y->typed_data();
-  Parallel(pool, (n + kNC - 1) / kNC, [=](int64_t, int64_t b0, int64_t b1) {
+  const int64_t row_blocks = (m + kMR - 1) / kMR, pairs = (k + 1) / 2;
+  std::vector<uint32_t> xp(row_blocks * pairs * kMR);
+  Parallel(pool, row_blocks, [&](int64_t, int64_t b0, int64_t b1) { PackRows(x16, m, k, b0, b1, xp.data()); });
+  Parallel(pool, (n + kNC - 1) / kNC, [=, &xp](int64_t, int64_t b0, int64_t b1) {
     thread_local std::vector<uint16_t> packed;
     packed.resize(kKC * kNC + 2 * kNR);
     for (int64_t block = b0; block < b1; ++block) {
       const int64_t n0 = block * kNC, nc = std::min(kNC, n - n0);
       for (int64_t k0 = 0; k0 < k; k0 += kKC) {
-        const int64_t kc = std::min(kKC, k - k0), pairs = (kc + 1) / 2;
+        const int64_t kc = std::min(kKC, k - k0), kpairs = (kc + 1) / 2;
         Pack(wp + k0 * n + n0, n, kc, nc, packed.data());
-        for (int64_t r0 = 0; r0 < m; r0 += kMR) {
-          const int rows = static_cast<int>(std::min(kMR, m - r0));
+        for (int64_t rb = 0; rb < row_blocks; ++rb) {
+          const int rows = static_cast<int>(std::min(kMR, m - rb * kMR));
+          const uint32_t* xb = xp.data() + (rb * pairs + k0 / 2) * kMR;
           for (int64_t j = 0; j * kNR < nc; ++j) {
-            TileRows(rows, std::make_integer_sequence<int, kMR>{}, xp + r0 * k + k0, k,
-                     packed.data() + j * pairs * 2 * kNR, kc, yp + r0 * n + n0 + j * kNR, n,
-                     std::min(kNR, nc - j * kNR), k0 > 0);
+            TileRows(rows, std::make_integer_sequence<int, kMR>{}, xb, packed.data() + j * kpairs * 2 * kNR, kpairs,
+                     yp + rb * kMR * n + n0 + j * kNR, n, std::min(kNR, nc - j * kNR), k0 > 0);
           }
         }
       }
