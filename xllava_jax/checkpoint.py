@@ -18,7 +18,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -84,17 +84,56 @@ def resolve(path: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"no checkpoint in {path}: expected a '{PARAMS}' item or numbered step directories")
 
 
+class PendingArray:
+    """A param not made yet: `make()` returns its array (of `shape` and `dtype`). save_params makes, writes and
+    drops such params one at a time, so a conversion never holds the whole model."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any, make: Callable[[], jax.Array]):
+        self.shape, self.dtype, self.make = tuple(shape), np.dtype(dtype), make
+        self.size, self.ndim = math.prod(self.shape), len(self.shape)
+
+
+class _PendingArrayHandler(ocp.type_handlers.ArrayHandler):
+    """Orbax's jax.Array handler (same files and metadata) for PendingArray leaves: each is made, written and
+    released before the next is made."""
+
+    async def serialize(self, values, infos, args=None):
+        args = args or [ocp.SaveArgs()] * len(values)
+        for value, info, arg in zip(values, infos, args):
+            array = value.make()
+            for written in await super().serialize([array], [info], [arg]):
+                written.result()
+            del array
+        return []
+
+
+def _register_pending_handler() -> None:
+    from orbax.checkpoint._src.metadata import array_metadata_store
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # Orbax warns that the handler's type name is jax.Array's: that is the point
+    try:
+        ocp.type_handlers.register_type_handler(
+            PendingArray, _PendingArrayHandler(array_metadata_store=array_metadata_store.Store()), override=True)
+    finally:
+        absl.setLevel(level)
+
+
+_register_pending_handler()
+
+
 def save_params(directory: str | os.PathLike, params: Any, cfg: ModelConfig) -> Path:
     """Write params and the model config as a checkpoint directory (what hf-to-orbax produces), encoding one
-    param's bytes (at least 1 GB) at a time: Orbax's default (96 GB) holds most of a 7B model a second time."""
+    param's bytes (at least 1 GB) at a time: Orbax's default (96 GB) holds most of a 7B model a second time.
+    PendingArray leaves are made one at a time as they are written."""
     directory = Path(directory).absolute()
     largest = max((x.size * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(params)), default=0)
     handler = ocp.CompositeCheckpointHandler(**{
-        PARAMS: ocp.StandardCheckpointHandler(save_concurrent_gb=max(1, math.ceil(largest / 1e9))),
+        PARAMS: ocp.PyTreeCheckpointHandler(save_concurrent_gb=max(1, math.ceil(largest / 1e9))),
         MODEL_CONFIG: ocp.JsonCheckpointHandler()})
     with ocp.Checkpointer(handler) as checkpointer:
         checkpointer.save(directory, args=ocp.args.Composite(**{
-            PARAMS: ocp.args.StandardSave(params), MODEL_CONFIG: ocp.args.JsonSave(config_to_dict(cfg))}), force=True)
+            PARAMS: ocp.args.PyTreeSave(params), MODEL_CONFIG: ocp.args.JsonSave(config_to_dict(cfg))}), force=True)
     return directory
 
 

@@ -26,12 +26,12 @@ from xllava_jax import checkpoint
 
 log = logging.getLogger("xllava_jax.convert")
 DEFAULT_EXPORT_TEMPLATE = "vicuna_v1"  # chat template of an export whose checkpoint records none
-# Host memory of a conversion, measured at 7B (bench/README.md). hf-to-orbax streams the mapped file into device
-# arrays (1x the params) that Orbax encodes one param at a time, holding about two encode buffers of the largest
-# param: the params + SAVE_LEAF_FACTOR x the largest param + 1 GB (7B: 20.8 GB measured). orbax-to-hf reads one
-# param at a time and holds at most a safetensors shard of views, the param being split and Orbax's read buffer:
-# a shard + EXPORT_LEAF_FACTOR x the largest param, whatever the model's size (7B: 12.1 GB measured).
-SAVE_LEAF_FACTOR = 2
+# Host memory of a conversion, measured at 7B (bench/README.md). hf-to-orbax never holds the model: Orbax makes each
+# param (streamed from the mapped file) when it reaches it, writes it and drops it, holding that param, its host
+# copy and its encode buffer: SAVE_LEAF_FACTOR x the largest param + 1 GB (7B: 10.3 GB measured). orbax-to-hf reads
+# one param at a time and holds at most a safetensors shard of views, the param being split and Orbax's read
+# buffer: a shard + EXPORT_LEAF_FACTOR x the largest param, whatever the model's size (7B: 12.1 GB measured).
+SAVE_LEAF_FACTOR = 3.5
 EXPORT_LEAF_FACTOR = 3
 
 
@@ -53,10 +53,10 @@ def hf_to_orbax(args: argparse.Namespace) -> None:
                             "for a CLIP tower use --llama_dir with --clip_dir")
         cfg = (hf_config.llava_from_hf if kind == "llava" else hf_config.llama_from_hf)(hf_cfg)
         largest = max(leaf_bytes(with_param_dtype(cfg, args.dtype) if args.dtype else cfg))
-        require_host_memory(hf.host_bytes(cfg, args.dtype) + SAVE_LEAF_FACTOR * largest + (1 << 30),
-                            f"hf-to-orbax of {args.hf_dir}")
-        # device arrays, streamed from the mapped file; Orbax saves them without a host copy
-        model, params = loader(args.hf_dir, hf.placement(), **({"param_dtype": args.dtype} if args.dtype else {}))
+        require_host_memory(int(SAVE_LEAF_FACTOR * largest) + (1 << 30), f"hf-to-orbax of {args.hf_dir}")
+        # pending device arrays: each streamed from the mapped file when Orbax reaches it, written, then freed
+        model, params = loader(args.hf_dir, hf.placement(), pending=True,
+                               **({"param_dtype": args.dtype} if args.dtype else {}))
         cfg = model.cfg
     else:
         model, params = hf.init_llava_from_hf(args.llama_dir, args.clip_dir, seed=args.seed,

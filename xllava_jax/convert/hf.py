@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import transformers
 
-from xllava_jax.checkpoint import LazyParam
+from xllava_jax.checkpoint import LazyParam, PendingArray
 from xllava_jax.cli import UserError, atomic_output, available_memory
 from xllava_jax.convert import hf_config
 from xllava_jax.data.chat_template import chat_template
@@ -47,12 +47,13 @@ def read_hf_config(path: str | os.PathLike) -> Any:
     return transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
 
 
-def read_params(state: StateDict, abstract: dict, prefixes: list, shardings: Any = None) -> dict:
+def read_params(state: StateDict, abstract: dict, prefixes: list, shardings: Any = None, pending: bool = False) -> dict:
     """Params shaped like `abstract` (see abstract_params) read from an HF state dict.
 
-    Every key and shape is checked; errors name the HF key and the directory. Without `shardings`, NumPy
+    Every key and shape is checked first; errors name the HF key and the directory. Without `shardings`, NumPy
     arrays; with `shardings` (a pytree like `abstract`), device arrays streamed to them (stream_leaf), so the
-    host holds at most one layer's tensor or one unstacked leaf beside what the devices hold.
+    host holds at most one layer's tensor or one unstacked leaf beside what the devices hold; with `pending` too,
+    checkpoint.PendingArray leaves that stream when made (a conversion's save makes one at a time).
     """
     placements = dict(flatten(shardings)) if shardings is not None else None
     if placements is not None:
@@ -68,8 +69,9 @@ def read_params(state: StateDict, abstract: dict, prefixes: list, shardings: Any
                 raise ValueError(f"weight {key!r} in {state.directory} has shape {have}; the config needs {need}")
         if placements is None:
             leaves.append((path, host_leaf(state, keys, path, spec, stacked)))
-        else:
-            leaves.append((path, stream_leaf(state, keys, path, spec, stacked, placements[path])))
+            continue
+        make = functools.partial(stream_leaf, state, keys, path, spec, stacked, placements[path])
+        leaves.append((path, PendingArray(spec.shape, spec.dtype, make) if pending else make()))
     return unflatten(iter(leaves))
 
 
@@ -136,9 +138,11 @@ def write_params(params: dict, path: str | os.PathLike, prefixes: list, hf_cfg: 
     write_sharded(path, hf_tensors(params, prefixes), max_shard_bytes)
 
 
-def read_any_layout(state: StateDict, abstract: dict, layouts: dict, shardings: Any = None) -> dict:
+def read_any_layout(state: StateDict, abstract: dict, layouts: dict, shardings: Any = None,
+                    pending: bool = False) -> dict:
     """read_params with the key layout detected from the checkpoint's keys."""
-    return read_params(state, abstract, layouts[detect_layout(set(state.keys()), abstract, layouts)], shardings)
+    prefixes = layouts[detect_layout(set(state.keys()), abstract, layouts)]
+    return read_params(state, abstract, prefixes, shardings, pending)
 
 
 Placement = Callable[[Any], Any] | None  # model config -> shardings pytree like its params (None: NumPy arrays)
@@ -155,25 +159,28 @@ def placement(mesh: Any = None) -> Callable[[Any], Any]:
     return shardings
 
 
-def load_hf_llava(path: str | os.PathLike, placement: Placement = None, **exec_kwargs: Any) -> tuple[Llava, dict]:
+def load_hf_llava(path: str | os.PathLike, placement: Placement = None, pending: bool = False,
+                  **exec_kwargs: Any) -> tuple[Llava, dict]:
     """(model, params) from a transformers LlavaForConditionalGeneration directory.
 
     `exec_kwargs` set how the model runs (dtype, param_dtype, attention, scan_layers,
     remat_policy); param_dtype defaults to the checkpoint's dtype. With `placement`, params are device
-    arrays streamed to placement(cfg) (see read_params); else NumPy arrays.
+    arrays streamed to placement(cfg) (see read_params), or with `pending` PendingArrays that stream when made;
+    else NumPy arrays.
     """
     cfg = hf_config.llava_from_hf(read_hf_config(path), **exec_kwargs)
     state = StateDict(path)
     shardings = placement(cfg) if placement is not None else None
-    return build_model(cfg), read_any_layout(state, abstract_params(cfg), LLAVA_PREFIXES, shardings)
+    return build_model(cfg), read_any_layout(state, abstract_params(cfg), LLAVA_PREFIXES, shardings, pending)
 
 
-def load_hf_llama(path: str | os.PathLike, placement: Placement = None, **exec_kwargs: Any) -> tuple[Llama, dict]:
-    """(model, params) from a transformers LlamaForCausalLM directory (LLaMA-2, Vicuna); `placement` as in
-    load_hf_llava."""
+def load_hf_llama(path: str | os.PathLike, placement: Placement = None, pending: bool = False,
+                  **exec_kwargs: Any) -> tuple[Llama, dict]:
+    """(model, params) from a transformers LlamaForCausalLM directory (LLaMA-2, Vicuna); `placement` and
+    `pending` as in load_hf_llava."""
     cfg = hf_config.llama_from_hf(read_hf_config(path), **exec_kwargs)
     shardings = placement(cfg) if placement is not None else None
-    return build_model(cfg), read_params(StateDict(path), abstract_params(cfg), LLAMA_PREFIXES, shardings)
+    return build_model(cfg), read_params(StateDict(path), abstract_params(cfg), LLAMA_PREFIXES, shardings, pending)
 
 
 def load_hf_clip(path: str | os.PathLike, **exec_kwargs: Any) -> tuple[CLIPVisionTransformer, dict]:
