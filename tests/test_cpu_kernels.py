@@ -66,6 +66,19 @@ def test_gemm_equals_numpy(rows, k, n, layers):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
 
+@needs_gemm
+def test_gemm_odd_depth_reads_nothing_past_a_row():
+    """With K odd, a row's last pair holds only its own last element: an infinity starting the next row (or lying
+    past x) does not turn the row into NaN (inf * 0)."""
+    rng = np.random.default_rng(5)
+    x = np.array(jnp.asarray(rng.normal(size=(20, 37)), jnp.bfloat16))
+    x[1:, 0] = np.inf
+    w = jnp.asarray(rng.normal(size=(37, 40)), jnp.bfloat16)
+    got = np.asarray(cpu_kernels.matmul(jnp.asarray(x), w))
+    want = np.asarray(x[:1].astype(np.float32), np.float64) @ np.asarray(w.astype(jnp.float32), np.float64)
+    np.testing.assert_allclose(got[:1], want, rtol=1e-5, atol=1e-4)
+
+
 def test_kernel_choice():
     """Few rows: matvec; more: the GEMM for bf16 x where the CPU has it, else XLA; never for float32 weights."""
     w = jnp.zeros((2, 8, 8), jnp.bfloat16)
