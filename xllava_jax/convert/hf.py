@@ -112,13 +112,9 @@ def stream_leaf(state: StateDict, keys: list[str], path: tuple, spec: Any, stack
     slot = tuple(spec.shape[1:] if stacked else spec.shape)
     if cpu_kernels.loads(state.get(keys[0]).dtype, spec.dtype, slot, sharding):
         transpose = from_hf_layout(path, np.empty((1, 2))).shape == (2, 1)  # the layout's own rule for matrices
-        hosts = [state.get(key) for key in keys]
-        value = cpu_kernels.load_stack(hosts, tuple(spec.shape), transpose=transpose,
-                                       release="evict" if state.drop_cache else "unmap")
-        del hosts
-        for key in keys:
-            state.release(key)
-        return value
+        # the kernel releases each layer's pages itself (and with drop_cache evicts them), as state.release would
+        return cpu_kernels.load_stack([state.get(key) for key in keys], tuple(spec.shape), transpose=transpose,
+                                      release="evict" if state.drop_cache else "unmap")
     if not stacked or math.prod(spec.shape) * jnp.dtype(spec.dtype).itemsize < STREAM_MIN_BYTES:
         return jax.device_put(host_leaf(state, keys, path, spec, stacked), sharding).block_until_ready()
     zeros, write = _device_ops(path[-1], jnp.dtype(spec.dtype), tuple(spec.shape), sharding)
