@@ -159,3 +159,37 @@ def test_errors_name_the_bad_key_shape_or_setting(tmp_path):
     (tmp_path / "pickle" / "pytorch_model.bin").write_bytes(b"not read")
     with pytest.raises(FileNotFoundError, match="pytorch_model.bin"):
         convert.load_hf_llama(tmp_path / "pickle")
+
+
+LEGACY_LLAVA = {  # the shape of llava-hf/llava-1.5-7b-hf's config.json (transformers 4.36): most values left default
+    "architectures": ["LlavaForConditionalGeneration"], "ignore_index": -100, "image_token_index": 32000,
+    "model_type": "llava", "pad_token_id": 32001, "projector_hidden_act": "gelu", "tie_word_embeddings": False,
+    "text_config": {"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 4096, "model_type": "llama",
+                    "rms_norm_eps": 1e-05, "torch_dtype": "float16", "vocab_size": 32064},
+    "torch_dtype": "float16", "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+                                                "model_type": "clip_vision_model", "num_attention_heads": 16,
+                                                "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768},
+    "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064}
+LEGACY_LLAMA = {  # transformers 4 keys: rope_theta and rope_scaling, torch_dtype
+    "model_type": "llama", "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 256, "rope_theta": 500000.0, "hidden_act": "silu", "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16", "rope_scaling": None}
+
+
+@pytest.mark.parametrize("case", ["saved_llava", "saved_llama", "legacy_llava", "legacy_llama"])
+def test_config_json_reads_as_transformers(tmp_path, monkeypatch, case):
+    """Our config of an HF directory read from config.json alone equals the one read through transformers'
+    config (its defaults filled in); a file that leaves a setting to transformers' defaults goes through
+    transformers."""
+    if case.startswith("saved"):
+        (ref.llava(seed=1) if case == "saved_llava" else ref.llama(seed=1)).config.save_pretrained(tmp_path)
+    else:
+        (tmp_path / "config.json").write_text(json.dumps(LEGACY_LLAVA if case == "legacy_llava" else LEGACY_LLAMA))
+    reader = convert.hf_config.llava_from_hf if "llava" in case else convert.hf_config.llama_from_hf
+    want = reader(transformers.AutoConfig.from_pretrained(str(tmp_path), local_files_only=True), dtype="bfloat16")
+    fallbacks = []
+    read = convert.read_hf_config
+    monkeypatch.setattr(convert, "read_hf_config", lambda path: fallbacks.append(path) or read(path))
+    assert convert.model_config(tmp_path, reader, dtype="bfloat16") == want
+    assert bool(fallbacks) == (case == "legacy_llava")  # the legacy LLaMA file names every setting read

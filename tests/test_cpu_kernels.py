@@ -6,6 +6,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -79,6 +80,46 @@ def test_gemm_odd_depth_reads_nothing_past_a_row():
     np.testing.assert_allclose(got[:1], want, rtol=1e-5, atol=1e-4)
 
 
+def numpy_attention(q, k, v, mask, scale):
+    """Attention in float64 NumPy as cpu_attention defines it: masked logits -0.7 x float32's max, softmax, the
+    probabilities rounded to bf16, then the values; q [B, T, N, D], k v [B, S, K, D], mask [B|1, N|1, T, S]."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    group = q.shape[2] // k.shape[2]
+    k, v = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
+    logits = np.einsum("btnd,bsnd->bnts", q, k) * scale
+    logits = np.where(mask, logits, -0.7 * np.finfo(np.float32).max)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = (e / e.sum(-1, keepdims=True)).astype(np.float32).astype(ml_dtypes.bfloat16).astype(np.float64)
+    return np.einsum("bnts,bsnd->btnd", probs, v)
+
+
+@needs_gemm
+@pytest.mark.parametrize("batch, t, s, heads, kv, d, kind", [
+    (1, 200, 200, 4, 4, 64, "causal"),  # query rows off the 12-row block and the 96-row task
+    (2, 37, 50, 6, 2, 80, "cached"),  # GQA, keys beyond the queries (a prompt after cached slots), D off the panel
+    (3, 30, 33, 2, 1, 16, "padded"),  # causal + padded keys, a query row that attends nothing (uniform average)
+    (1, 25, 25, 3, 3, 32, "heads"),  # a mask per head
+    (2, 17, 577, 2, 2, 64, "none"),  # no mask (the vision tower), odd S
+])
+def test_attention_equals_numpy(batch, t, s, heads, kv, d, kind):
+    """The fused prefill attention against NumPy float64: masks of every shape the models pass, GQA, fully masked
+    rows, and the causal future it skips."""
+    rng = np.random.default_rng(t * s + d)
+    q = jnp.asarray(rng.normal(size=(batch, t, heads, d)) * 2, jnp.bfloat16)
+    k, v = (jnp.asarray(rng.normal(size=(batch, s, kv, d)) * 2, jnp.bfloat16) for _ in range(2))
+    full = np.ones((1, 1, t, s), bool)
+    mask = {"causal": np.tril(full, 0), "cached": np.tril(full, s - t), "none": None,
+            "padded": np.tril(full, s - t) & (rng.random((batch, 1, 1, s)) < 0.7),
+            "heads": rng.random((1, heads, t, s)) < 0.5}[kind]
+    if kind == "padded":
+        mask[1, 0, 4] = False
+    got = np.asarray(jax.jit(cpu_kernels.attention, static_argnums=4)(q, k, v, mask, d ** -0.5))
+    want = numpy_attention(q, k, v, full if mask is None else mask, d ** -0.5)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * float(np.abs(np.asarray(v, np.float32)).max()))
+    if kind == "padded":
+        np.testing.assert_allclose(got[1, 4, 0], np.asarray(v[1, :, 0], np.float64).mean(0), rtol=1e-3, atol=1e-3)
+
+
 def test_kernel_choice():
     """Few rows: matvec; more: the GEMM for bf16 x where the CPU has it, else XLA; never for float32 weights."""
     w = jnp.zeros((2, 8, 8), jnp.bfloat16)
@@ -135,6 +176,7 @@ def test_prefill_reads_stacked_weights_in_place(bf16_llama):
     ids = jnp.asarray(np.random.default_rng(1).integers(3, ref.IMAGE_TOKEN, size=(2, 40)), jnp.int32)
     hlo = jax.jit(model.apply).lower({"params": params}, ids).compile().as_text()
     assert hlo.count(f'custom_call_target="{cpu_kernels.GEMM_TARGET}"') == 8  # q k v o gate up down, lm_head
+    assert hlo.count(f'custom_call_target="{cpu_kernels.ATTENTION_TARGET}"') == 1  # in the layer loop
     weight = re.compile(r"= bf16\[(128,344|344,128|128,128|128,\d+)\]\S* (dynamic-slice|copy|fusion)")
     assert [line for line in hlo.splitlines() if weight.search(line)] == []
 

@@ -45,13 +45,12 @@ def hf_to_orbax(args: argparse.Namespace) -> None:
     if args.llama_dir and not args.clip_dir:
         raise UserError("--llama_dir needs --clip_dir")
     if args.hf_dir:
-        hf_cfg = hf.read_hf_config(args.hf_dir)
-        kind = hf_cfg.model_type
+        kind = hf.read_config_json(args.hf_dir)["model_type"]
         loader = {"llava": hf.load_hf_llava, "llama": hf.load_hf_llama}.get(kind)
         if loader is None:
             raise UserError(f"{args.hf_dir}: model_type {kind!r} is not supported (llava or llama); "
                             "for a CLIP tower use --llama_dir with --clip_dir")
-        cfg = (hf_config.llava_from_hf if kind == "llava" else hf_config.llama_from_hf)(hf_cfg)
+        cfg = hf.model_config(args.hf_dir, hf_config.llava_from_hf if kind == "llava" else hf_config.llama_from_hf)
         largest = max(leaf_bytes(with_param_dtype(cfg, args.dtype) if args.dtype else cfg))
         require_host_memory(int(SAVE_LEAF_FACTOR * largest) + (1 << 30), f"hf-to-orbax of {args.hf_dir}")
         # pending device arrays: each streamed from the mapped file when Orbax reaches it, written, then freed

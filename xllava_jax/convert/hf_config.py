@@ -13,6 +13,23 @@ from xllava_jax.models.llava import LlavaConfig
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
+class ConfigJson:
+    """A config.json's values as attributes, as the *_from_hf readers take them, nested configs too. A key the file
+    lacks raises AttributeError: its value is transformers' default, which only transformers' config knows."""
+
+    def __init__(self, values: dict):
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__["_values"]
+        if name == "dtype" and name not in values:
+            name = "torch_dtype"  # what transformers 4 wrote
+        if name not in values:
+            raise AttributeError(name)
+        value = values[name]
+        return ConfigJson(value) if name.endswith("_config") and isinstance(value, dict) else value
+
+
 def _dtype_name(hf: Any, default: str = "float32") -> str:
     dtype = getattr(hf, "dtype", None)  # transformers 5 reads a config.json "torch_dtype" into dtype
     name = str(dtype).replace("torch.", "") if dtype is not None else default

@@ -9,7 +9,7 @@ from typing import Any
 
 from jax.sharding import Mesh
 
-from xllava_jax.convert.hf import load_hf_llama, load_hf_llava, placement, read_hf_config
+from xllava_jax.convert.hf import load_hf_llama, load_hf_llava, placement, read_config_json
 from xllava_jax.models.llama import Llama, LlamaConfig
 from xllava_jax.models.llava import Llava, LlavaConfig
 from xllava_jax.models.params import build_model, with_towers
@@ -38,7 +38,7 @@ def load_model(checkpoint: str | os.PathLike, *, dtype: str | None = None, mesh:
     if not os.path.exists(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     if is_hf_dir(checkpoint):
-        model_type = read_hf_config(checkpoint).model_type
+        model_type = read_config_json(checkpoint)["model_type"]
         loaders = {"llava": load_hf_llava, "llama": load_hf_llama}
         if model_type not in loaders:
             raise ValueError(f"{checkpoint}/config.json has model_type {model_type!r}; expected 'llava' or 'llama'")

@@ -92,7 +92,7 @@ class SelfAttention(nn.Module):
         nh = cfg.num_attention_heads
         q, k, v = (dense(d, ("embed", "q_heads"), cfg, use_bias=True, name=n)(x).reshape(b, t, nh, d // nh)
                    for n in ("q_proj", "k_proj", "v_proj"))
-        h = attend(q, k, v, None, cfg.attention, cfg.dtype).reshape(b, t, d)
+        h = attend(q, k, v, None, cfg.attention, cfg.dtype, cfg.cpu_matvec).reshape(b, t, d)
         return dense(d, ("q_heads", "embed"), cfg, use_bias=True, name="out_proj")(h)
 
 

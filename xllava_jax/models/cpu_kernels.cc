@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <thread>
 #include <utility>
@@ -403,10 +404,168 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi:
   });
   return ffi::Error::Success();
 }
+// e^x lane by lane for x <= 0 (softmax's shifted logits), within 2 ulp (Cephes' expf polynomial); x below -104
+// (e^x under float32's least denormal, as masked logits are) gives 0.
+inline __m512 Exp(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // x - n ln 2 in two parts
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  for (const float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f}) {
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  }
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __mmask16 Lanes(int64_t count) { return count >= 16 ? 0xFFFF : (__mmask16{1} << count) - 1; }
+
+// Keys as the packed panels Tile reads for q @ k^T: packed[(j * pairs + p) * kNR + c] = the p-th bf16 pair of key
+// row j * kNR + c (zeros past `keys`); `ld` words between key rows.
+void PackKeys(const uint32_t* k, int64_t ld, int64_t keys, int64_t pairs, uint32_t* packed) {
+  const int64_t panels = (keys + kNR - 1) / kNR;
+  std::fill(packed, packed + panels * pairs * kNR, 0u);
+  for (int64_t key = 0; key < keys; ++key) {
+    uint32_t* out = packed + key / kNR * pairs * kNR + key % kNR;
+    for (int64_t p = 0; p < pairs; ++p) out[p * kNR] = k[key * ld + p];
+  }
+}
+
+// One past the last key any of `rows` mask rows attends; `keys` when a row attends none (softmax then averages
+// every value, as over the full row).
+int64_t KeyLimit(const bool* mask, int64_t ld, int64_t rows, int64_t keys) {
+  int64_t limit = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool* row = mask + r * ld;
+    int64_t end = keys;
+    while (end >= 64 && !_mm512_test_epi8_mask(_mm512_loadu_si512(row + end - 64), _mm512_set1_epi8(1))) end -= 64;
+    while (end > 0 && !row[end - 1]) --end;
+    if (end == 0) return keys;
+    limit = std::max(limit, end);
+  }
+  return limit;
+}
+
+// Row r of s[0:n) (rows ld apart, already scaled) -> softmax as bf16 (round to nearest even), masked entries (mask
+// 0) first set to -0.7 x float32's max as cpu_attention does; probs[n] = 0 so an odd n pairs with zero.
+void SoftmaxRow(float* s, const bool* mask, int64_t n, uint16_t* probs) {
+  const __m512 masked = _mm512_set1_ps(-0.7f * std::numeric_limits<float>::max());
+  __m512 top = masked;
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 lanes = Lanes(n - c);
+    const __mmask16 keep = _mm_mask_test_epi8_mask(lanes, _mm_maskz_loadu_epi8(lanes, mask + c), _mm_set1_epi8(1));
+    const __m512 x = _mm512_mask_blend_ps(keep, masked, _mm512_maskz_loadu_ps(lanes, s + c));
+    _mm512_mask_storeu_ps(s + c, lanes, x);
+    top = _mm512_mask_max_ps(top, lanes, top, x);
+  }
+  const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+  __m512 total = _mm512_setzero_ps();
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 lanes = Lanes(n - c);
+    const __m512 e = Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + c), shift));
+    _mm512_mask_storeu_ps(s + c, lanes, e);
+    total = _mm512_mask_add_ps(total, lanes, total, e);
+  }
+  const __m512 sum = _mm512_set1_ps(_mm512_reduce_add_ps(total));
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 lanes = Lanes(n - c);
+    const __m256bh p = _mm512_cvtneps_pbh(_mm512_div_ps(_mm512_maskz_loadu_ps(lanes, s + c), sum));
+    _mm256_mask_storeu_epi16(probs + c, lanes, (__m256i)p);
+  }
+  probs[n] = 0;
+}
+
+// Attention for prefill: out[b, t, h] (float32) = softmax(scale * q[b, t, h] . k[b, :, h / g] where mask[b, h, t])
+// @ v[b, :, h / g] for bf16 q [B, T, N, D], k and v [B, S, K, D] (g = N / K query heads a key head, D even) and a
+// boolean mask [B|1, N|1, T, S]. The products run through Tile as in the GEMM, and the scores of kMR query rows
+// stay in a thread's cache: no [B, N, T, S] logits in memory, and keys past the last one a row block attends
+// (the causal future) are skipped, their probabilities being exactly 0.
+constexpr int64_t kChunk = 8 * kMR;  // query rows a task
+
+ffi::Error Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> q, ffi::Buffer<ffi::BF16> k,
+                     ffi::Buffer<ffi::BF16> v, ffi::Buffer<ffi::PRED> mask, ffi::ResultBuffer<ffi::F32> out,
+                     float scale) {
+  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), md = mask.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || md.size() != 4 || vd.size() != 4 || !std::equal(kd.begin(), kd.end(),
+      vd.begin()) || kd[0] != qd[0] ||
+      kd[3] != qd[3] || qd[3] % 2 || kd[2] == 0 || qd[2] % kd[2] || (md[0] != 1 && md[0] != qd[0]) ||
+      (md[1] != 1 && md[1] != qd[2]) || md[2] != qd[1] || md[3] != kd[1]) {
+    return ffi::Error::InvalidArgument("bf16 attention: expected q [B, T, N, D], k and v [B, S, K, D] (N a multiple "
+                                       "of K, D even) and mask [B|1, N|1, T, S]");
+  }
+  const int64_t batch = qd[0], t = qd[1], heads = qd[2], d = qd[3], s = kd[1], kv = kd[2];
+  const int64_t group = heads / kv, dpairs = d / 2, spairs = (s + 1) / 2;
+  const int64_t key_words = (s + kNR - 1) / kNR * kNR * dpairs, value_words = (d + kNR - 1) / kNR * spairs * kNR;
+  const uint32_t* q32 = reinterpret_cast<const uint32_t*>(q.untyped_data());
+  const uint32_t* k32 = reinterpret_cast<const uint32_t*>(k.untyped_data());
+  const uint16_t* v16 = reinterpret_cast<const uint16_t*>(v.untyped_data());
+  const bool* m = mask.typed_data();
+  float* o = out->typed_data();
+  thread_local std::vector<uint32_t> packed;  // every key head's keys, then values (this caller's; reused)
+  packed.resize(batch * kv * (key_words + value_words));
+  uint32_t* keys = packed.data();
+  uint32_t* values = keys + batch * kv * key_words;
+  Parallel(pool, batch * kv, [=](int64_t, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / kv, h = i % kv;
+      PackKeys(k32 + (b * s * kv + h) * dpairs, kv * dpairs, s, dpairs, keys + i * key_words);
+      Pack(v16 + (b * s * kv + h) * d, kv * d, s, d, reinterpret_cast<uint16_t*>(values + i * value_words));
+    }
+  });
+  const int64_t chunks = (t + kChunk - 1) / kChunk;
+  Parallel(pool, batch * heads * chunks, [=](int64_t, int64_t i0, int64_t i1) {
+    const int64_t width = (s + kNR - 1) / kNR * kNR;
+    thread_local std::vector<float> scores;
+    thread_local std::vector<uint16_t> probs;
+    thread_local std::vector<uint32_t> rows_q, rows_p;
+    scores.resize(kMR * width), probs.resize(kMR * (width + 2)), rows_q.resize(dpairs * kMR);
+    rows_p.resize(spairs * kMR);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / (heads * chunks), h = i / chunks % heads, c = i % chunks, pair = b * kv + h / group;
+      const bool* mh = m + ((md[0] == 1 ? 0 : b) * md[1] + (md[1] == 1 ? 0 : h)) * t * s;
+      for (int64_t t0 = c * kChunk; t0 < std::min(t, (c + 1) * kChunk); t0 += kMR) {
+        const int rows = static_cast<int>(std::min(kMR, t - t0));
+        const int64_t limit = KeyLimit(mh + t0 * s, s, rows, s), lpairs = (limit + 1) / 2;
+        for (int r = 0; r < rows; ++r) {
+          const uint32_t* row = q32 + ((b * t + t0 + r) * heads + h) * dpairs;
+          for (int64_t p = 0; p < dpairs; ++p) rows_q[p * kMR + r] = row[p];
+        }
+        for (int64_t j = 0; j * kNR < limit; ++j) {
+          TileRows(rows, std::make_integer_sequence<int, kMR>{}, rows_q.data(),
+                   reinterpret_cast<const uint16_t*>(keys + pair * key_words + j * dpairs * kNR), dpairs,
+                   scores.data() + j * kNR, width, std::min(kNR, limit - j * kNR), false);
+        }
+        for (int r = 0; r < rows; ++r) {
+          float* row = scores.data() + r * width;
+          for (int64_t x = 0; x < limit; x += 16) {
+            _mm512_mask_storeu_ps(row + x, Lanes(limit - x),
+                                  _mm512_mul_ps(_mm512_maskz_loadu_ps(Lanes(limit - x), row + x), _mm512_set1_ps(scale)));
+          }
+          uint16_t* p16 = probs.data() + r * (width + 2);
+          SoftmaxRow(row, mh + (t0 + r) * s, limit, p16);
+          const uint32_t* p32 = reinterpret_cast<const uint32_t*>(p16);
+          for (int64_t p = 0; p < lpairs; ++p) rows_p[p * kMR + r] = p32[p];
+        }
+        for (int64_t j = 0; j * kNR < d; ++j) {
+          TileRows(rows, std::make_integer_sequence<int, kMR>{}, rows_p.data(),
+                   reinterpret_cast<const uint16_t*>(values + pair * value_words) + j * spairs * 2 * kNR, lpairs,
+                   o + ((b * t + t0) * heads + h) * d + j * kNR, heads * d, std::min(kNR, d - j * kNR), false);
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
 #else
 ffi::Error Gemm(ffi::ThreadPool, ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::S32>,
                 ffi::ResultBuffer<ffi::F32>) {
   return ffi::Error::InvalidArgument("bf16 gemm: this CPU has no AVX512-BF16 (cpu_kernels.gemm_available)");
+}
+ffi::Error Attention(ffi::ThreadPool, ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::BF16>,
+                     ffi::Buffer<ffi::PRED>, ffi::ResultBuffer<ffi::F32>, float) {
+  return ffi::Error::InvalidArgument("bf16 attention: this CPU has no AVX512-BF16 (cpu_kernels.gemm_available)");
 }
 #endif
 
@@ -435,3 +594,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(XllavaBf16Gemm, Gemm,
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XllavaBf16Attention, Attention,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));

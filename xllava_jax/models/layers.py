@@ -37,7 +37,8 @@ class ExecConfig:
     scan_layers: bool = True  # nn.scan over layers (False: same params, fully unrolled loop)
     remat_policy: str = "none"  # one of REMAT_POLICIES or a jax.checkpoint_policies name
     # inference only (no gradients): on CPU with bf16 params, products of few rows (decode) read each layer's
-    # weights in place through the bf16 matrix-vector kernel (models/cpu_kernels.py) instead of XLA's dot
+    # weights in place through the bf16 matrix-vector kernel (models/cpu_kernels.py) instead of XLA's dot, and
+    # on CPUs with AVX512-BF16 so do those of many rows (prefill), and bf16 attention's per-head products
     cpu_matvec: bool = False
 
     def validate(self) -> None:
@@ -212,7 +213,7 @@ def resolve_attention(name: str, platform: str | None = None, dtype: str = "bflo
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec | jax.Array | None, implementation: str,
-           dtype: str = "bfloat16") -> jax.Array:
+           dtype: str = "bfloat16", kernels: bool = False) -> jax.Array:
     """Scaled dot-product attention, [B, T, N, D] x [B, S, K, D] -> [B, T, N, D] (GQA when K < N).
 
     `mask`: a MaskSpec, a dense boolean mask, or None (no mask). Kernels, for a MaskSpec without a cache:
@@ -223,7 +224,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec | jax.Array 
           are), causal mask + segment ids (padding = segment 0), GQA; Pallas interpret mode off TPU.
     auto  resolve_attention for the current backend. With a KV cache, or for splash a length that is no
     multiple of SPLASH_BLOCK_MULTIPLE (the kernel's lane width), the dense mask and xla are used. Query rows
-    that are padding (attention_mask 0) may differ between kernels; no loss reads them.
+    that are padding (attention_mask 0) may differ between kernels; no loss reads them. `kernels` (inference
+    only: no gradients) lets xla on CPU take bf16 per-head products of many query rows to the bf16 GEMM.
     """
     implementation = resolve_attention(implementation, dtype=dtype)
     spec = mask if isinstance(mask, MaskSpec) else None
@@ -239,7 +241,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec | jax.Array 
         implementation = "xla"
     if implementation == "xla" and jax.default_backend() == "cpu":  # same math, faster on CPU
         from xllava_jax.models.attention_cpu import cpu_attention
-        return cpu_attention(q, k, v, dense_mask)
+        return cpu_attention(q, k, v, dense_mask, kernels)
     return jax.nn.dot_product_attention(q, k, v, mask=dense_mask, implementation=implementation)
 
 

@@ -139,7 +139,8 @@ class Attention(nn.Module):
         if cache is not None:
             cache = cache_write(cache, layer, k, v, cache_index)
             k, v = cache_read(cache.k, layer), cache_read(cache.v, layer)
-        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, cfg.attention, cfg.dtype).reshape(b, t, nq * hd)
+        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, cfg.attention, cfg.dtype,
+                     cfg.cpu_matvec).reshape(b, t, nq * hd)
         out = dense(cfg.hidden_size, ("q_heads", "embed"), cfg, use_bias=cfg.attention_bias, name="o_proj")(out)
         return out, cache
 
