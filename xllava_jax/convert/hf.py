@@ -147,7 +147,7 @@ def stream_leaf(state: StateDict, keys: list[str], path: tuple, spec: Any, stack
         # the kernel releases each layer's pages itself (and with drop_cache evicts them), as state.release would
         return cpu_kernels.load_stack([state.get(key) for key in keys], tuple(spec.shape), transpose=transpose,
                                       release="evict" if state.drop_cache else "unmap")
-    if not stacked or math.prod(spec.shape) * jnp.dtype(spec.dtype).itemsize < STREAM_MIN_BYTES:
+    if not stacked or tree_bytes(spec) < STREAM_MIN_BYTES:
         return jax.device_put(host_leaf(state, keys, path, spec, stacked), sharding).block_until_ready()
     zeros, write = _device_ops(path[-1], jnp.dtype(spec.dtype), tuple(spec.shape), sharding)
     value = zeros()

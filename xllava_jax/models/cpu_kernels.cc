@@ -207,13 +207,16 @@ const char* Address(const uint32_t* half) {
   return reinterpret_cast<const char*>(static_cast<uintptr_t>(half[0]) | static_cast<uintptr_t>(half[1]) << 32);
 }
 
+// madvise(`advice`) over the whole pages holding [p, p + n).
+void Advise(const char* p, int64_t n, int advice) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
+  madvise(reinterpret_cast<void*>(lo), reinterpret_cast<uintptr_t>(p) + n - lo, advice);
+}
+
 // Maps the pages holding [p, p + n) in one call (MADV_POPULATE_WRITE / _READ, Linux 5.14) instead of a page fault
 // each; advice only.
-void Populate(const char* p, int64_t n, bool write) {
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  void* lo = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(p) & ~(page - 1));
-  madvise(lo, reinterpret_cast<uintptr_t>(p) + n - reinterpret_cast<uintptr_t>(lo), write ? 23 : 22);
-}
+void Populate(const char* p, int64_t n, bool write) { Advise(p, n, write ? 23 : 22); }
 
 // What LoadStack does with each layer's host pages once copied (the host memory must be a read-only file mapping
 // for anything but kKeep: anonymous memory would read back as zeros).
@@ -222,11 +225,8 @@ enum Release : int32_t { kKeep = 0, kUnmap = 1, kEvict = 2 };
 // Drops this process's mapping of the pages holding [p, p + n); with kEvict, first reclaims them from the page
 // cache too (MADV_PAGEOUT, Linux 5.4; pages other processes map stay). The data stays in the file.
 void Release(const char* p, int64_t n, int32_t how) {
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  void* lo = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(p) & ~(page - 1));
-  const size_t length = reinterpret_cast<uintptr_t>(p) + n - reinterpret_cast<uintptr_t>(lo);
-  if (how == kEvict) madvise(lo, length, MADV_PAGEOUT);
-  if (how != kKeep) madvise(lo, length, MADV_DONTNEED);
+  if (how == kEvict) Advise(p, n, MADV_PAGEOUT);
+  if (how != kKeep) Advise(p, n, MADV_DONTNEED);
 }
 
 // out[l] = the host matrix at addresses[l] for every layer l of out ([L, A, B], or [A, B] with one address): each
@@ -448,15 +448,16 @@ int64_t KeyLimit(const bool* mask, int64_t ld, int64_t rows, int64_t keys) {
   return limit;
 }
 
-// Row r of s[0:n) (rows ld apart, already scaled) -> softmax as bf16 (round to nearest even), masked entries (mask
-// 0) first set to -0.7 x float32's max as cpu_attention does; probs[n] = 0 so an odd n pairs with zero.
-void SoftmaxRow(float* s, const bool* mask, int64_t n, uint16_t* probs) {
+// Scores s[0:n) -> softmax(scale * s) as bf16 (round to nearest even), masked entries (mask 0) first set to -0.7 x
+// float32's max as cpu_attention does; probs[n] = 0 so an odd n pairs with zero.
+void SoftmaxRow(float* s, const bool* mask, int64_t n, float scale, uint16_t* probs) {
   const __m512 masked = _mm512_set1_ps(-0.7f * std::numeric_limits<float>::max());
   __m512 top = masked;
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 lanes = Lanes(n - c);
     const __mmask16 keep = _mm_mask_test_epi8_mask(lanes, _mm_maskz_loadu_epi8(lanes, mask + c), _mm_set1_epi8(1));
-    const __m512 x = _mm512_mask_blend_ps(keep, masked, _mm512_maskz_loadu_ps(lanes, s + c));
+    const __m512 x = _mm512_mask_blend_ps(keep, masked,
+                                          _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, s + c), _mm512_set1_ps(scale)));
     _mm512_mask_storeu_ps(s + c, lanes, x);
     top = _mm512_mask_max_ps(top, lanes, top, x);
   }
@@ -538,13 +539,8 @@ ffi::Error Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> q, ffi::Buffer
                    scores.data() + j * kNR, width, std::min(kNR, limit - j * kNR), false);
         }
         for (int r = 0; r < rows; ++r) {
-          float* row = scores.data() + r * width;
-          for (int64_t x = 0; x < limit; x += 16) {
-            _mm512_mask_storeu_ps(row + x, Lanes(limit - x),
-                                  _mm512_mul_ps(_mm512_maskz_loadu_ps(Lanes(limit - x), row + x), _mm512_set1_ps(scale)));
-          }
           uint16_t* p16 = probs.data() + r * (width + 2);
-          SoftmaxRow(row, mh + (t0 + r) * s, limit, p16);
+          SoftmaxRow(scores.data() + r * width, mh + (t0 + r) * s, limit, scale, p16);
           const uint32_t* p32 = reinterpret_cast<const uint32_t*>(p16);
           for (int64_t p = 0; p < lpairs; ++p) rows_p[p * kMR + r] = p32[p];
         }
