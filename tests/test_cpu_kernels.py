@@ -129,6 +129,46 @@ def test_kernel_choice():
     assert cpu_kernels.product(1, w.astype(jnp.float32), jnp.float32) is None
 
 
+@needs_gemm
+@pytest.mark.parametrize("rows, k, n", [(1, 64, 96), (3, 100, 37), (16, 4098, 130), (17, 64, 33), (40, 8194, 259),
+                                        (13, 2, 1), (1000, 34, 65)])
+def test_mapped_kernel_equals_numpy(rows, k, n):
+    """x @ w^T read in place from host matrices [N, K] (HF Linear layout) for decode-sized (dot products) and
+    prefill-sized row counts (the GEMM's tiles on gathered panels): K off the 32-wide vector and over the 4096-deep
+    block, N off the 4-row dot block, the 32-row panel and 128-row block; every layer of a stack; and value()."""
+    rng = np.random.default_rng(rows + k + n)
+    hosts = [np.asarray(rng.normal(size=(n, k)), ml_dtypes.bfloat16) for _ in range(2)]
+    stacked = cpu_kernels.mapped_kernel(hosts, (k, n), hosts)
+    x = jnp.asarray(rng.normal(size=(rows, k)), jnp.bfloat16)
+    for layer, host in enumerate(hosts):
+        one = cpu_kernels.MappedKernel(stacked.addresses[layer], stacked.kernel_shape, stacked.owner)
+        got = np.asarray(jax.jit(lambda m, x: m.product(x))(one, x))
+        want = np.asarray(x, np.float64) @ host.astype(np.float64).T
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+        np.testing.assert_array_equal(np.asarray(jax.jit(lambda m: m.value())(one)), host.T)
+
+
+@needs_gemm
+def test_mapped_kernel_falls_back_for_float32_rows_and_odd_depth():
+    """Rows that are not bf16, or an odd K (no whole bf16 pairs along K), take XLA's dot of the copied-out kernel."""
+    rng = np.random.default_rng(0)
+    for k, dtype in ((37, jnp.bfloat16), (64, jnp.float32)):
+        host = np.asarray(rng.normal(size=(20, k)), ml_dtypes.bfloat16)
+        kernel = cpu_kernels.mapped_kernel([host], (k, 20), host)
+        x = jnp.asarray(rng.normal(size=(3, 5, k)), dtype)
+        hlo = jax.jit(lambda m, x: m.product(x)).lower(kernel, x).as_text()
+        assert cpu_kernels.MAPPED_TARGET not in hlo
+        want = np.asarray(x, np.float64) @ host.astype(np.float64).T
+        np.testing.assert_allclose(np.asarray(kernel.product(x)), want, rtol=2e-2, atol=2e-2 * np.sqrt(k))
+
+
+def test_mapped_kernel_refuses_what_it_cannot_read_in_place():
+    host = np.zeros((8, 4), ml_dtypes.bfloat16)
+    for bad, slot in ((host, (8, 4)), (host.astype(np.float32), (4, 8)), (np.asfortranarray(host), (4, 8))):
+        with pytest.raises(ValueError, match="cannot stand for"):
+            cpu_kernels.mapped_kernel([bad], slot, bad)
+
+
 @pytest.fixture(scope="module")
 def bf16_llama(tmp_path_factory):
     path = tmp_path_factory.mktemp("matvec_llama")
@@ -137,13 +177,16 @@ def bf16_llama(tmp_path_factory):
     return hf, path
 
 
+@pytest.mark.parametrize("mapped", [False, True])
 @pytest.mark.parametrize("length", [5, 40])
-def test_bf16_model_logits_match_transformers(bf16_llama, length):
+def test_bf16_model_logits_match_transformers(bf16_llama, length, mapped):
     """A decode-sized forward (few rows: matvec) and a prefill-sized one (80 rows: the GEMM where the CPU has
-    it) against transformers in float32 on the same bf16 weights, as close as XLA's own dot gets."""
+    it) against transformers in float32 on the same bf16 weights, as close as XLA's own dot gets; with the Linear
+    weights copied into our stacks, and left in the mapped file (the default where the CPU has AVX512-BF16)."""
     hf, path = bf16_llama
-    model, params = load_model(path, dtype="bfloat16")
+    model, params = load_model(path, dtype="bfloat16", mapped=mapped)
     assert model.cfg.cpu_matvec
+    assert mapped_kernels(params) == (8 * cpu_kernels.gemm_available() if mapped else 0)  # 7 a layer, lm_head
     ids = np.random.default_rng(1).integers(3, ref.IMAGE_TOKEN, size=(2, length))
     with torch.no_grad():
         want = hf.float()(torch.from_numpy(ids)).logits.numpy()
@@ -154,39 +197,87 @@ def test_bf16_model_logits_match_transformers(bf16_llama, length):
     assert ref.scaled_diff(got, want) <= 1.5 * ref.scaled_diff(xla, want) + 1e-3
 
 
-def test_decode_reads_stacked_weights_in_place(bf16_llama):
-    """The compiled decode passes each stacked weight to the kernel: no per-layer slice of a weight matrix."""
+@needs_gemm
+def test_mapped_llava_logits_match_transformers(tmp_path):
+    """A bf16 llava-hf directory loaded with every Linear weight (vision tower, projector, decoder, lm_head) left
+    in the mapped file: image + text logits against transformers in float32 on the same weights."""
+    hf = ref.llava(seed=8).to(torch.bfloat16)
+    hf.save_pretrained(tmp_path)
+    model, params = load_model(tmp_path, dtype="bfloat16")
+    assert mapped_kernels(params) == 6 + 2 + 7 + 1  # vision layer, projector, decoder layer, lm_head
+    ids, mask = ref.image_batch(model.cfg.num_image_tokens)
+    images = ref.images_nhwc(2, ref.VISION["image_size"], seed=5)
+    with torch.no_grad():
+        want = hf.float()(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                          pixel_values=ref.to_nchw(images)).logits.numpy()
+    plain = build_model(dataclasses.replace(model.cfg, text=dataclasses.replace(model.cfg.text, cpu_matvec=False)))
+    copied = load_model(tmp_path, dtype="bfloat16", mapped=False)[1]
+    run = lambda m, p: np.asarray(jax.jit(m.apply)({"params": p}, ids.astype(np.int32), pixel_values=images,
+                                                    attention_mask=mask))
+    got, xla = run(model, params), run(plain, copied)
+    real = mask.astype(bool)
+    assert ref.scaled_diff(got[real], want[real]) <= 1.5 * ref.scaled_diff(xla[real], want[real]) + 1e-3
+    assert ref.scaled_diff(got[real], want[real]) < 5e-2
+
+
+def mapped_kernels(params) -> int:
+    return len(cpu_kernels.mapped_leaves(params))
+
+
+WEIGHT_COPY = re.compile(r"= bf16\[(\d+,)?(128,344|344,128|128,128|128,\d+)\]\S* (dynamic-slice|copy|fusion|custom-call)")
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_decode_reads_weights_in_place(bf16_llama, mapped):
+    """The compiled decode passes each stacked weight (or each mapped matrix's address) to a kernel: no per-layer
+    slice or copy of a weight matrix."""
     _, path = bf16_llama
-    model, params = load_model(path, dtype="bfloat16")
+    model, params = load_model(path, dtype="bfloat16", mapped=mapped)
+    if mapped and not mapped_kernels(params):
+        pytest.skip("this CPU has no AVX512-BF16: nothing is mapped")
     engine = Engine(model, params)
     arrays = engine.device_batch(collate([[5, 6, 7, 8]], None, 1, 0, None, None))
     eos = jnp.asarray([2], jnp.int32)
     state = prefill(model, params, *arrays, eos, jax.random.PRNGKey(0), max_new_tokens=6, sampling=SamplingConfig())
     hlo = decode.lower(model, params, state, eos, jnp.int32(6), sampling=SamplingConfig()).compile().as_text()
-    assert hlo.count(f'custom_call_target="{cpu_kernels.TARGET}"') == 8  # q k v o gate up down, lm_head
-    weight = re.compile(r"= bf16\[(128,344|344,128|128,128|128,\d+)\]\S* (dynamic-slice|copy|fusion)")
-    assert [line for line in hlo.splitlines() if weight.search(line)] == []
+    target = cpu_kernels.MAPPED_TARGET if mapped else cpu_kernels.TARGET
+    assert hlo.count(f'custom_call_target="{target}"') == 8  # q k v o gate up down, lm_head
+    assert [line for line in hlo.splitlines() if WEIGHT_COPY.search(line)] == []
 
 
 @needs_gemm
-def test_prefill_reads_stacked_weights_in_place(bf16_llama):
-    """A prefill-sized forward passes each stacked weight to the GEMM: no per-layer slice of a weight matrix."""
+def test_mapped_params_refuse_a_mesh(bf16_llama):
+    """Addresses in one host's memory cannot be sharded: an engine on a mesh says so instead of failing inside."""
     _, path = bf16_llama
     model, params = load_model(path, dtype="bfloat16")
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    with pytest.raises(ValueError, match="load with mesh="):
+        Engine(model, params, mesh=mesh)
+
+
+@needs_gemm
+@pytest.mark.parametrize("mapped", [False, True])
+def test_prefill_reads_weights_in_place(bf16_llama, mapped):
+    """A prefill-sized forward passes each stacked weight (or mapped matrix's address) to the GEMM: no per-layer
+    slice or copy of a weight matrix."""
+    _, path = bf16_llama
+    model, params = load_model(path, dtype="bfloat16", mapped=mapped)
     ids = jnp.asarray(np.random.default_rng(1).integers(3, ref.IMAGE_TOKEN, size=(2, 40)), jnp.int32)
     hlo = jax.jit(model.apply).lower({"params": params}, ids).compile().as_text()
-    assert hlo.count(f'custom_call_target="{cpu_kernels.GEMM_TARGET}"') == 8  # q k v o gate up down, lm_head
+    target = cpu_kernels.MAPPED_TARGET if mapped else cpu_kernels.GEMM_TARGET
+    assert hlo.count(f'custom_call_target="{target}"') == 8  # q k v o gate up down, lm_head
     assert hlo.count(f'custom_call_target="{cpu_kernels.ATTENTION_TARGET}"') == 1  # in the layer loop
-    weight = re.compile(r"= bf16\[(128,344|344,128|128,128|128,\d+)\]\S* (dynamic-slice|copy|fusion)")
-    assert [line for line in hlo.splitlines() if weight.search(line)] == []
+    assert [line for line in hlo.splitlines() if WEIGHT_COPY.search(line)] == []
 
 
-def test_no_gradient_through_the_kernel(bf16_llama):
-    """The kernel path is inference-only: differentiating it is an error, not a silent zero gradient."""
+@pytest.mark.parametrize("mapped", [False, True])
+def test_no_gradient_through_the_kernel(bf16_llama, mapped):
+    """The kernel path is inference-only: differentiating it (or mapped weights' addresses) is an error, not a
+    silent zero gradient."""
     _, path = bf16_llama
-    model, params = load_model(path, dtype="bfloat16")
+    model, params = load_model(path, dtype="bfloat16", mapped=mapped)
     ids = jnp.asarray([[5, 6]], jnp.int32)
-    with pytest.raises(Exception, match="(?i)differentiat|jvp|transpose"):
+    with pytest.raises(Exception, match="(?i)differentiat|jvp|transpose|uint32"):
         jax.grad(lambda p: model.apply({"params": p}, ids).sum())(params)
 
 

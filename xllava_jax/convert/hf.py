@@ -72,18 +72,18 @@ def model_config(path: str | os.PathLike, convert: Callable[..., Any], **exec_kw
         return convert(read_hf_config(path), **exec_kwargs)
 
 
-def read_params(state: StateDict, abstract: dict, prefixes: list, shardings: Any = None, pending: bool = False) -> dict:
+def read_params(state: StateDict, abstract: dict, prefixes: list, shardings: Any = None, pending: bool = False,
+                mapped: bool = False) -> dict:
     """Params shaped like `abstract` (see abstract_params) read from an HF state dict.
 
     Every key and shape is checked first; errors name the HF key and the directory. Without `shardings`, NumPy
     arrays; with `shardings` (a pytree like `abstract`), device arrays streamed to them (stream_leaf), so the
     host holds at most one layer's tensor or one unstacked leaf beside what the devices hold; with `pending` too,
-    checkpoint.PendingArray leaves that stream when made (a conversion's save makes one at a time).
+    checkpoint.PendingArray leaves that stream when made (a conversion's save makes one at a time); with `mapped`,
+    Dense kernels for one CPU device stay in the mapped files where they can (mapped_leaf).
     """
     placements = dict(flatten(shardings)) if shardings is not None else None
-    if placements is not None:
-        state.drop_cache = not fits_beside_cache(state, abstract)
-    leaves = []
+    leaves, copied = [], []
     for path, spec in small_first(flatten(abstract)):
         stacked = is_stacked(path, prefixes)
         keys = [hf_key(path, prefixes, i) for i in range(spec.shape[0])] if stacked else [hf_key(path, prefixes)]
@@ -92,12 +92,33 @@ def read_params(state: StateDict, abstract: dict, prefixes: list, shardings: Any
             have = from_hf_layout(path, state.get(key)).shape
             if have != need:
                 raise ValueError(f"weight {key!r} in {state.directory} has shape {have}; the config needs {need}")
+        kernel = mapped_leaf(state, keys, path, spec.dtype, need, placements[path]) if mapped and placements else None
+        if kernel is not None:
+            leaves.append((path, kernel))
+        else:
+            copied.append((path, spec, keys, stacked))
+    if placements is not None:
+        state.drop_cache = not fits_beside_cache(state, [spec for _, spec, _, _ in copied])
+    for path, spec, keys, stacked in copied:
         if placements is None:
             leaves.append((path, host_leaf(state, keys, path, spec, stacked)))
             continue
         make = functools.partial(stream_leaf, state, keys, path, spec, stacked, placements[path])
         leaves.append((path, PendingArray(spec.shape, spec.dtype, make) if pending else make()))
     return unflatten(iter(leaves))
+
+
+def mapped_leaf(state: StateDict, keys: list[str], path: tuple, dtype: Any, slot: tuple, sharding: Any
+                ) -> cpu_kernels.MappedKernel | None:
+    """A Dense kernel left in place in the mapped files (cpu_kernels.MappedKernel; `state` keeps them mapped), where
+    its HF tensors are bf16 Linear weights, the leaf bf16 on one CPU device and the CPU runs the mapped products;
+    else None (copied)."""
+    if path[-1] != "kernel" or len(sharding.device_set) != 1 or next(iter(sharding.device_set)).platform != "cpu":
+        return None
+    hosts = [state.get(key) for key in keys]
+    if not all(cpu_kernels.maps(host, dtype, slot) for host in hosts):
+        return None
+    return cpu_kernels.mapped_kernel(hosts, slot, state)
 
 
 def small_first(items: list[tuple[tuple, Any]]) -> list[tuple[tuple, Any]]:
@@ -107,9 +128,9 @@ def small_first(items: list[tuple[tuple, Any]]) -> list[tuple[tuple, Any]]:
     return sorted(items, key=lambda item: tree_bytes(item[1]) >= STREAM_MIN_BYTES)
 
 
-def fits_beside_cache(state: StateDict, abstract: dict) -> bool:
-    """Whether host memory can hold the params of `abstract` and all of `state`'s files in the page cache at once
-    (cached pages count as available, so both must fit in what is available now)."""
+def fits_beside_cache(state: StateDict, abstract: Any) -> bool:
+    """Whether host memory can hold the params of `abstract` (a pytree of shapes) and all of `state`'s files in the
+    page cache at once (cached pages count as available, so both must fit in what is available now)."""
     available = available_memory()
     return available is None or available >= tree_bytes(abstract) + state.nbytes()
 
@@ -167,10 +188,10 @@ def write_params(params: dict, path: str | os.PathLike, prefixes: list, hf_cfg: 
 
 
 def read_any_layout(state: StateDict, abstract: dict, layouts: dict, shardings: Any = None,
-                    pending: bool = False) -> dict:
+                    pending: bool = False, mapped: bool = False) -> dict:
     """read_params with the key layout detected from the checkpoint's keys."""
     prefixes = layouts[detect_layout(set(state.keys()), abstract, layouts)]
-    return read_params(state, abstract, prefixes, shardings, pending)
+    return read_params(state, abstract, prefixes, shardings, pending, mapped)
 
 
 Placement = Callable[[Any], Any] | None  # model config -> shardings pytree like its params (None: NumPy arrays)
@@ -187,28 +208,29 @@ def placement(mesh: Any = None) -> Callable[[Any], Any]:
     return shardings
 
 
-def load_hf_llava(path: str | os.PathLike, placement: Placement = None, pending: bool = False,
+def load_hf_llava(path: str | os.PathLike, placement: Placement = None, pending: bool = False, mapped: bool = False,
                   **exec_kwargs: Any) -> tuple[Llava, dict]:
     """(model, params) from a transformers LlavaForConditionalGeneration directory.
 
     `exec_kwargs` set how the model runs (dtype, param_dtype, attention, scan_layers,
     remat_policy); param_dtype defaults to the checkpoint's dtype. With `placement`, params are device
     arrays streamed to placement(cfg) (see read_params), or with `pending` PendingArrays that stream when made;
-    else NumPy arrays.
+    else NumPy arrays. With `mapped`, Dense kernels for one CPU device stay in the mapped files (mapped_leaf).
     """
     cfg = model_config(path, hf_config.llava_from_hf, **exec_kwargs)
     state = StateDict(path)
     shardings = placement(cfg) if placement is not None else None
-    return build_model(cfg), read_any_layout(state, abstract_params(cfg), LLAVA_PREFIXES, shardings, pending)
+    return build_model(cfg), read_any_layout(state, abstract_params(cfg), LLAVA_PREFIXES, shardings, pending, mapped)
 
 
-def load_hf_llama(path: str | os.PathLike, placement: Placement = None, pending: bool = False,
+def load_hf_llama(path: str | os.PathLike, placement: Placement = None, pending: bool = False, mapped: bool = False,
                   **exec_kwargs: Any) -> tuple[Llama, dict]:
-    """(model, params) from a transformers LlamaForCausalLM directory (LLaMA-2, Vicuna); `placement` and
-    `pending` as in load_hf_llava."""
+    """(model, params) from a transformers LlamaForCausalLM directory (LLaMA-2, Vicuna); `placement`, `pending`
+    and `mapped` as in load_hf_llava."""
     cfg = model_config(path, hf_config.llama_from_hf, **exec_kwargs)
     shardings = placement(cfg) if placement is not None else None
-    return build_model(cfg), read_params(StateDict(path), abstract_params(cfg), LLAMA_PREFIXES, shardings, pending)
+    return build_model(cfg), read_params(StateDict(path), abstract_params(cfg), LLAMA_PREFIXES, shardings, pending,
+                                         mapped)
 
 
 def load_hf_clip(path: str | os.PathLike, **exec_kwargs: Any) -> tuple[CLIPVisionTransformer, dict]:

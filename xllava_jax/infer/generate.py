@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from xllava_jax.infer.batching import Images, PromptBatch, collate
 from xllava_jax.infer.sampling import SamplingConfig, choose_tokens, mark_seen
 from xllava_jax.infer.streaming import TextStream
+from xllava_jax.models.cpu_kernels import mapped_leaves
 from xllava_jax.models.llama import CACHE_LENGTH_AXIS, KVCache, Llama, LlamaConfig, init_cache
 from xllava_jax.models.llava import Llava, LlavaConfig
 from xllava_jax.models.params import abstract_params, param_logical_axes
@@ -209,6 +210,9 @@ def place_params(cfg: LlavaConfig | LlamaConfig, params: Any, mesh: Mesh | None,
     """Params put on `mesh` the way training shards them (logical axes -> mesh axes), or on the first local device
     without a mesh; one leaf at a time, each transfer finished before the next (arrays already placed stay)."""
     if mesh is not None:
+        if mapped_leaves(params):
+            raise ValueError("these params leave Linear weights in a mapped checkpoint file (load_model without a "
+                             "mesh and with bf16 compute); they run on one CPU only: load with mesh= to shard them")
         shardings = tree_shardings(param_logical_axes(cfg), abstract_params(cfg), mesh, rules)
     else:
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -28,12 +28,15 @@ def inference_config(cfg: LlavaConfig | LlamaConfig, dtype: str | None = None) -
     return with_towers(cfg, cpu_matvec=True, **({"dtype": dtype} if dtype else {}))
 
 
-def load_model(checkpoint: str | os.PathLike, *, dtype: str | None = None, mesh: Mesh | None = None
-               ) -> tuple[Llava | Llama, Any]:
+def load_model(checkpoint: str | os.PathLike, *, dtype: str | None = None, mesh: Mesh | None = None,
+               mapped: bool = True) -> tuple[Llava | Llama, Any]:
     """(model, params) of an Orbax checkpoint / training workdir (latest step) or an HF LLaVA or LLaMA directory.
 
     `dtype` sets the compute dtype (params keep their stored dtype). Params are device arrays, streamed one
-    tensor at a time to their training shardings on `mesh`, or to the first local device without one.
+    tensor at a time to their training shardings on `mesh`, or to the first local device without one. Without a
+    mesh and with bf16 compute, an HF directory's bf16 Linear weights stay in the mapped files, read in place
+    (cpu_kernels.MappedKernel; on CPUs with AVX512-BF16; `mapped`=False copies them): nothing is copied, as in
+    transformers' own loading.
     """
     if not os.path.exists(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
@@ -42,7 +45,8 @@ def load_model(checkpoint: str | os.PathLike, *, dtype: str | None = None, mesh:
         loaders = {"llava": load_hf_llava, "llama": load_hf_llama}
         if model_type not in loaders:
             raise ValueError(f"{checkpoint}/config.json has model_type {model_type!r}; expected 'llava' or 'llama'")
-        model, params = loaders[model_type](checkpoint, placement(mesh))
+        in_place = mapped and mesh is None and dtype == "bfloat16"
+        model, params = loaders[model_type](checkpoint, placement(mesh), mapped=in_place)
         cfg = model.cfg
     else:
         cfg, params = load_params(checkpoint, placement(mesh)(load_config(checkpoint)))

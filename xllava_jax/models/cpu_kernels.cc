@@ -404,6 +404,98 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi:
   });
   return ffi::Error::Success();
 }
+
+inline __mmask16 Lanes(int64_t count) { return count >= 16 ? 0xFFFF : (__mmask16{1} << count) - 1; }
+
+// y[M, N] (float32) = x[M, K] @ w^T for bf16 x and a bf16 matrix w [N, K] read in place from a host address (a
+// memory-mapped checkpoint tensor in its file's Linear [out, in] layout; K even). Rows of x and of w are both runs
+// of bf16 pairs along K, the operand layout vdpbf16ps wants:
+// - few rows (M <= kMaxRows, decode): each thread streams its own block of w rows, kDotRows at a time, and takes
+//   their dot products with every x row;
+// - more rows (prefill): the GEMM's tiles over panels gathered from kNR rows of w (PackKeys' layout).
+constexpr int64_t kDotRows = 4;
+
+// y[r, n0:n1] = x[r] . w[n] for the M rows of x, over w rows [n0, n1).
+void Dots(const uint16_t* x, const uint16_t* w, float* y, int64_t m, int64_t k, int64_t n, int64_t n0, int64_t n1) {
+  for (int64_t j = n0; j < n1; j += kDotRows) {
+    const int rows = static_cast<int>(std::min(kDotRows, n1 - j));
+    for (int64_t r = 0; r < m; ++r) {
+      __m512 acc[kDotRows];
+      for (int i = 0; i < kDotRows; ++i) acc[i] = _mm512_setzero_ps();
+      for (int64_t c = 0; c < k; c += 32) {
+        const __mmask32 lanes = k - c >= 32 ? ~__mmask32{0} : (__mmask32{1} << (k - c)) - 1;
+        const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi16(lanes, x + r * k + c);
+        for (int i = 0; i < rows; ++i) {
+          acc[i] = _mm512_dpbf16_ps(acc[i], a, (__m512bh)_mm512_maskz_loadu_epi16(lanes, w + (j + i) * k + c));
+        }
+      }
+      for (int i = 0; i < rows; ++i) y[r * n + j + i] = _mm512_reduce_add_ps(acc[i]);
+    }
+  }
+}
+
+// The GEMM's packed panels (see Pack) for rows [n0, n0 + nc) and pairs [p0, p0 + pairs) of w [N, K]: 16 rows' pair
+// at a time by one gather; zeros past row nc.
+void PackRowsOf(const uint32_t* w, int64_t ldw, int64_t n0, int64_t nc, int64_t p0, int64_t pairs, uint32_t* packed) {
+  const __m512i stride = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(static_cast<int>(ldw)));
+  for (int64_t j = 0; j * kNR < nc; ++j) {
+    for (int h = 0; h < 2; ++h) {
+      const int64_t first = j * kNR + 16 * h;
+      const __mmask16 lanes = Lanes(std::max<int64_t>(0, nc - first));
+      const uint32_t* base = w + (n0 + first) * ldw + p0;
+      uint32_t* out = packed + j * pairs * kNR + 16 * h;
+      for (int64_t p = 0; p < pairs; ++p) {
+        const __m512i v = lanes ? _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lanes, stride, base + p, 4)
+                                : _mm512_setzero_si512();
+        _mm512_storeu_si512(out + p * kNR, v);
+      }
+    }
+  }
+}
+
+ffi::Error MappedProduct(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::U32> address,
+                         ffi::ResultBuffer<ffi::F32> y) {
+  const auto xd = x.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || yd.size() != 2 || yd[0] != xd[0] || xd[1] % 2 || address.element_count() != 2) {
+    return ffi::Error::InvalidArgument("mapped bf16 product: expected x [M, K] (K even), one address, y [M, N]");
+  }
+  const int64_t m = xd[0], k = xd[1], n = yd[1];
+  const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.untyped_data());
+  const uint16_t* w = reinterpret_cast<const uint16_t*>(Address(address.typed_data()));
+  float* yp = y->typed_data();
+  if (m <= kMaxRows) {
+    Parallel(pool, (n + kDotRows - 1) / kDotRows, [=](int64_t, int64_t b0, int64_t b1) {
+      Dots(x16, w, yp, m, k, n, std::min(n, b0 * kDotRows), std::min(n, b1 * kDotRows));
+    });
+    return ffi::Error::Success();
+  }
+  const int64_t row_blocks = (m + kMR - 1) / kMR, pairs = k / 2;
+  std::vector<uint32_t> xp(row_blocks * pairs * kMR);
+  Parallel(pool, row_blocks, [&](int64_t, int64_t b0, int64_t b1) { PackRows(x16, m, k, b0, b1, xp.data()); });
+  Parallel(pool, (n + kNC - 1) / kNC, [=, &xp](int64_t, int64_t b0, int64_t b1) {
+    thread_local std::vector<uint32_t> packed;
+    packed.resize(kKC / 2 * kNC);
+    for (int64_t block = b0; block < b1; ++block) {
+      const int64_t n0 = block * kNC, nc = std::min(kNC, n - n0);
+      for (int64_t k0 = 0; k0 < k; k0 += kKC) {
+        const int64_t kpairs = std::min(kKC, k - k0) / 2;
+        PackRowsOf(reinterpret_cast<const uint32_t*>(w), pairs, n0, nc, k0 / 2, kpairs, packed.data());
+        for (int64_t rb = 0; rb < row_blocks; ++rb) {
+          const int rows = static_cast<int>(std::min(kMR, m - rb * kMR));
+          const uint32_t* xb = xp.data() + (rb * pairs + k0 / 2) * kMR;
+          for (int64_t j = 0; j * kNR < nc; ++j) {
+            TileRows(rows, std::make_integer_sequence<int, kMR>{}, xb,
+                     reinterpret_cast<const uint16_t*>(packed.data() + j * kpairs * kNR), kpairs,
+                     yp + rb * kMR * n + n0 + j * kNR, n, std::min(kNR, nc - j * kNR), k0 > 0);
+          }
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
 // e^x lane by lane for x <= 0 (softmax's shifted logits), within 2 ulp (Cephes' expf polynomial); x below -104
 // (e^x under float32's least denormal, as masked logits are) gives 0.
 inline __m512 Exp(__m512 x) {
@@ -419,8 +511,6 @@ inline __m512 Exp(__m512 x) {
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
   return _mm512_scalef_ps(p, n);
 }
-
-inline __mmask16 Lanes(int64_t count) { return count >= 16 ? 0xFFFF : (__mmask16{1} << count) - 1; }
 
 // Keys as the packed panels Tile reads for q @ k^T: packed[(j * pairs + p) * kNR + c] = the p-th bf16 pair of key
 // row j * kNR + c (zeros past `keys`); `ld` words between key rows.
@@ -563,6 +653,9 @@ ffi::Error Attention(ffi::ThreadPool, ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::B
                      ffi::Buffer<ffi::PRED>, ffi::ResultBuffer<ffi::F32>, float) {
   return ffi::Error::InvalidArgument("bf16 attention: this CPU has no AVX512-BF16 (cpu_kernels.gemm_available)");
 }
+ffi::Error MappedProduct(ffi::ThreadPool, ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::U32>, ffi::ResultBuffer<ffi::F32>) {
+  return ffi::Error::InvalidArgument("mapped bf16 product: this CPU has no AVX512-BF16 (cpu_kernels.gemm_available)");
+}
 #endif
 
 }  // namespace
@@ -600,3 +693,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(XllavaBf16Attention, Attention,
                                   .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(XllavaMappedProduct, MappedProduct,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

@@ -7,6 +7,10 @@
 - `attention`: prefill attention of bf16 q, k, v on CPUs with AVX512-BF16, its two products as the GEMM's, the
   softmax between them on a few query rows at a time in cache (XLA:CPU writes and reads [B, N, T, S] float32
   logits and runs these per-head products at ~100 GFLOP/s: 2.5 s of a 7B image prefill);
+- `MappedKernel`: Dense kernels that stay in a memory-mapped checkpoint, in its Linear [out, in] layout, their
+  products read in place (x @ w^T, both operands pairs of bf16 along K: dot products for decode, the GEMM's tiles
+  for prefill). Loading then copies nothing: on this VM, memory not touched lately is handed out at 0.5-1.3 GB/s,
+  so copying a 7B checkpoint into fresh memory took 7-10 s where mapping it takes none;
 - `load_stack`: a stacked leaf from its per-layer host matrices (memory-mapped checkpoint tensors), copied or
   transposed (HF [out, in] matrices into our [in, out] stacks) in one call, reading the host memory once, into a
   fresh buffer; XLA:CPU's and NumPy's transposes of these matrices run at 0.2-0.6 GB/s,
@@ -34,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+from flax import struct
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,7 @@ TARGET = "xllava_bf16_matvec"
 LOAD_TARGET = "xllava_load_stack"
 GEMM_TARGET = "xllava_bf16_gemm"
 ATTENTION_TARGET = "xllava_bf16_attention"
+MAPPED_TARGET = "xllava_mapped_bf16_product"
 MAX_ROWS = 16  # rows a call may carry (kMaxRows in cpu_kernels.cc); more rows are compute-bound: XLA's dot
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
@@ -90,6 +96,7 @@ def available() -> bool:
         jax.ffi.register_ffi_target(LOAD_TARGET, jax.ffi.pycapsule(lib.XllavaLoadStack), platform="cpu")
         jax.ffi.register_ffi_target(GEMM_TARGET, jax.ffi.pycapsule(lib.XllavaBf16Gemm), platform="cpu")
         jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(lib.XllavaBf16Attention), platform="cpu")
+        jax.ffi.register_ffi_target(MAPPED_TARGET, jax.ffi.pycapsule(lib.XllavaMappedProduct), platform="cpu")
     except (OSError, RuntimeError) as e:
         log.warning("CPU kernels unavailable; bf16 decode and checkpoint loading use XLA (several times slower): %s", e)
         return False
@@ -157,6 +164,75 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, 
 RELEASES = ("keep", "unmap", "evict")  # Release in cpu_kernels.cc
 
 
+def address_halves(pointers: Any) -> np.ndarray:
+    """Host addresses as [..., 2] uint32 (low, high): JAX has no 64-bit integers by default."""
+    pointers = np.asarray(pointers, np.uint64)
+    return np.stack([pointers & 0xFFFFFFFF, pointers >> 32], -1).astype(np.uint32)
+
+
+@struct.dataclass
+class MappedKernel:
+    """Dense kernels [in, out] that stay in host memory (a memory-mapped checkpoint) as bf16 Linear matrices
+    [out, in], read in place by the CPU kernels. `addresses` [..., 2] uint32 (address_halves): one matrix, or one
+    per layer when stacked (the layer loop slices them as any stacked param); `owner` keeps the memory mapped while
+    these params live. Loading copies nothing; there is no gradient (inference only)."""
+
+    addresses: jax.Array
+    kernel_shape: tuple = struct.field(pytree_node=False)  # (in, out) of each Dense kernel
+    owner: Any = struct.field(pytree_node=False)
+
+    def product(self, x: jax.Array) -> jax.Array:
+        """x [..., in] @ the kernel as float32 [..., out] (addresses [2]): in place for bf16 x and an even `in`,
+        else XLA's dot of value()."""
+        k, n = self.kernel_shape
+        if x.dtype != jnp.bfloat16 or k % 2:
+            return jnp.matmul(x, self.value().astype(x.dtype), preferred_element_type=jnp.float32)
+        _require()
+        rows = x.reshape(-1, k)
+        call = jax.ffi.ffi_call(MAPPED_TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32))
+        return call(rows, self.addresses).reshape(*x.shape[:-1], n)
+
+    def value(self) -> jax.Array:
+        """The kernel [in, out] (addresses [2]) copied out of host memory."""
+        _require()
+        call = jax.ffi.ffi_call(LOAD_TARGET, jax.ShapeDtypeStruct(self.kernel_shape, jnp.bfloat16))
+        return call(self.addresses, transpose=True, release=np.int32(RELEASES.index("keep")))
+
+
+class Keep:
+    """Keeps an object (what maps the memory behind MappedKernel addresses) alive; equal only to itself, as pytree
+    metadata must be."""
+
+    __slots__ = ("held",)
+
+    def __init__(self, held: Any):
+        self.held = held
+
+
+def mapped_kernel(hosts: list[np.ndarray], kernel_shape: tuple, owner: Any) -> MappedKernel:
+    """A MappedKernel over host matrices [out, in] (one, or one per layer: stacked) that `owner` keeps mapped."""
+    for host in hosts:
+        if not maps(host, jnp.bfloat16, kernel_shape):
+            raise ValueError(f"mapped_kernel: host {host.dtype}{list(host.shape)} (C order: {host.flags.c_contiguous})"
+                             f" cannot stand for a bf16{list(kernel_shape)} kernel here")
+    pointers = [h.ctypes.data for h in hosts]
+    return MappedKernel(jnp.asarray(address_halves(pointers[0] if len(hosts) == 1 else pointers)),
+                        tuple(kernel_shape), Keep(owner))
+
+
+def mapped_leaves(tree: Any) -> list[MappedKernel]:
+    """The MappedKernels in a params tree."""
+    is_mapped = lambda x: isinstance(x, MappedKernel)  # noqa: E731
+    return [x for x in jax.tree.leaves(tree, is_leaf=is_mapped) if is_mapped(x)]
+
+
+def maps(host: np.ndarray, dtype: Any, slot: tuple) -> bool:
+    """Whether a host matrix (an HF Linear weight [out, in]) can stand in place for a Dense kernel `slot` [in, out]
+    of `dtype`: both bf16, shapes transposed, C order, and the CPU runs the mapped products."""
+    return (host.dtype == jnp.bfloat16 and jnp.dtype(dtype) == jnp.bfloat16 and len(slot) == 2
+            and tuple(host.shape) == tuple(slot[::-1]) and host.flags.c_contiguous and gemm_available())
+
+
 @functools.partial(jax.jit, static_argnames=("shape", "dtype", "transpose", "release"))
 def _load_stack(addresses: jax.Array, shape: tuple, dtype: Any, transpose: bool, release: str) -> jax.Array:
     call = jax.ffi.ffi_call(LOAD_TARGET, jax.ShapeDtypeStruct(shape, dtype))
@@ -183,8 +259,7 @@ def load_stack(hosts: list[np.ndarray], shape: tuple, *, transpose: bool, releas
                              f"does not fit a {dtype}{list(slot)} slot (transpose={transpose})")
     if (len(shape) == 3 and shape[0] != len(hosts)) or (len(shape) == 2 and len(hosts) != 1):
         raise ValueError(f"load_stack: {len(hosts)} host matrices for shape {list(shape)}")
-    pointers = np.array([h.ctypes.data for h in hosts], np.uint64)
-    addresses = jnp.asarray(np.stack([pointers & 0xFFFFFFFF, pointers >> 32], -1).astype(np.uint32))
+    addresses = jnp.asarray(address_halves([h.ctypes.data for h in hosts]))
     return _load_stack(addresses, tuple(shape), jnp.dtype(dtype), transpose, release).block_until_ready()
 
 

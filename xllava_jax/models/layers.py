@@ -84,9 +84,9 @@ class LayerRef:
 
 
 class Dense(nn.Module):
-    """nn.Dense (kernel [in, out], optional bias) whose kernel may be a LayerRef; with `cpu_matvec`, products with
-    a bf16 kernel go through the CPU kernels where they apply (cpu_kernels.product; same result dtype as
-    `dot_general`)."""
+    """nn.Dense (kernel [in, out], optional bias) whose kernel may be a LayerRef or a cpu_kernels.MappedKernel (its
+    products always in place); with `cpu_matvec`, products with a bf16 kernel go through the CPU kernels where they
+    apply (cpu_kernels.product; same result dtype as `dot_general`)."""
 
     features: int
     use_bias: bool
@@ -100,16 +100,21 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.get_variable("params", "kernel")
-        if not isinstance(kernel, LayerRef):
+        if not isinstance(kernel, (LayerRef, cpu_kernels.MappedKernel)):
             kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         x = x.astype(self.dtype)
         dot_general = self.dot_general or jax.lax.dot_general
         dims = (((x.ndim - 1,), (0,)), ((), ()))
+        mapped = isinstance(kernel, cpu_kernels.MappedKernel)
         weights = kernel.stacked if isinstance(kernel, LayerRef) else kernel
-        out = jax.eval_shape(lambda a: dot_general(a, jnp.zeros(weights.shape[-2:], self.dtype), dims), x)
-        kernel_product = cpu_kernels.product(math.prod(x.shape[:-1]), weights, x.dtype) if self.cpu_matvec else None
-        if kernel_product is not None:
+        shape = kernel.kernel_shape if mapped else weights.shape[-2:]
+        out = jax.eval_shape(lambda a: dot_general(a, jnp.zeros(shape, self.dtype), dims), x)
+        kernel_product = (cpu_kernels.product(math.prod(x.shape[:-1]), weights, x.dtype)
+                          if self.cpu_matvec and not mapped else None)
+        if mapped:
+            y = kernel.product(x)
+        elif kernel_product is not None:
             y = kernel_product(x, weights, kernel.index if isinstance(kernel, LayerRef) else 0)
         else:
             kernel = (kernel.value() if isinstance(kernel, LayerRef) else kernel).astype(self.dtype)
