@@ -16,6 +16,7 @@ from xllava_jax.infer.batching import collate
 from xllava_jax.infer.generate import Engine, decode, prefill
 from xllava_jax.infer.loading import load_model
 from xllava_jax.infer.sampling import SamplingConfig
+from xllava_jax import checkpoint
 from xllava_jax.convert import hf as hf_convert
 from xllava_jax.convert.safetensors_io import StateDict
 from xllava_jax.models import cpu_kernels
@@ -253,6 +254,18 @@ def test_mapped_params_refuse_a_mesh(bf16_llama):
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     with pytest.raises(ValueError, match="load with mesh="):
         Engine(model, params, mesh=mesh)
+
+
+@needs_gemm
+def test_mapped_params_refuse_to_be_saved(bf16_llama, tmp_path):
+    """Addresses are not weights: saving mapped params as an Orbax checkpoint or an HF directory is refused."""
+    _, path = bf16_llama
+    model, params = load_model(path, dtype="bfloat16")
+    with pytest.raises(ValueError, match="mapped=False"):
+        checkpoint.save_params(tmp_path / "ckpt", params, model.cfg)
+    with pytest.raises(ValueError, match="mapped=False"):
+        hf_convert.save_hf_llama(model, params, tmp_path / "hf")
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "hf").exists()
 
 
 @needs_gemm

@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from xllava_jax.models.cpu_kernels import require_copied
 from xllava_jax.models.params import ModelConfig, abstract_params, config_from_dict, config_to_dict
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ def save_params(directory: str | os.PathLike, params: Any, cfg: ModelConfig) -> 
     """Write params and the model config as a checkpoint directory (what hf-to-orbax produces), encoding one
     param's bytes (at least 1 GB) at a time: Orbax's default (96 GB) holds most of a 7B model a second time.
     PendingArray leaves are made one at a time as they are written."""
+    require_copied(params, f"save a checkpoint to {directory}")
     directory = Path(directory).absolute()
     largest = max((x.size * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(params)), default=0)
     handler = ocp.CompositeCheckpointHandler(**{

@@ -306,7 +306,9 @@ class ExportError(UserError, ValueError):
 
 
 def check_param_shapes(params: dict, cfg: LlavaConfig | LlamaConfig) -> None:
-    """Raise ExportError naming the first parameter whose shape (or presence) differs from what `cfg` needs."""
+    """Raise ExportError naming the first parameter whose shape (or presence) differs from what `cfg` needs (and
+    ValueError for mapped params)."""
+    cpu_kernels.require_copied(params, "export them")
     have = dict(flatten(params))
     for path, spec in flatten(abstract_params(cfg)):
         name = "/".join(map(str, path))

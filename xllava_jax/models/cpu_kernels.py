@@ -226,6 +226,13 @@ def mapped_leaves(tree: Any) -> list[MappedKernel]:
     return [x for x in jax.tree.leaves(tree, is_leaf=is_mapped) if is_mapped(x)]
 
 
+def require_copied(params: Any, action: str) -> None:
+    """Raise ValueError when `params` hold MappedKernels, which `action` (saving) cannot take: they are addresses."""
+    if mapped_leaves(params):
+        raise ValueError(f"cannot {action}: these params leave Linear weights in the mapped checkpoint file "
+                         "(load_model with bf16 compute on CPU); load them with mapped=False")
+
+
 def maps(host: np.ndarray, dtype: Any, slot: tuple) -> bool:
     """Whether a host matrix (an HF Linear weight [out, in]) can stand in place for a Dense kernel `slot` [in, out]
     of `dtype`: both bf16, shapes transposed, C order, and the CPU runs the mapped products."""
