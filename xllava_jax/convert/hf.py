@@ -21,7 +21,8 @@ from xllava_jax.cli import UserError, atomic_output, available_memory
 from xllava_jax.convert import hf_config
 from xllava_jax.data.chat_template import chat_template
 from xllava_jax.convert.layout import (CLIP_PREFIXES, LLAMA_PREFIXES, LLAVA_PREFIXES, detect_layout, flatten,
-                                       from_hf_layout, hf_key, hf_tensors, is_stacked, unflatten)
+                                       from_hf_layout, hf_key, hf_tensors, is_stacked, transposes_matrices,
+                                       unflatten)
 from xllava_jax.convert.safetensors_io import StateDict, write_sharded
 from xllava_jax.models.clip import CLIPVisionTransformer
 from xllava_jax.models.layers import DTYPES
@@ -113,7 +114,7 @@ def mapped_leaf(state: StateDict, keys: list[str], path: tuple, dtype: Any, slot
     """A Dense kernel left in place in the mapped files (cpu_kernels.MappedKernel; `state` keeps them mapped), where
     its HF tensors are bf16 Linear weights, the leaf bf16 on one CPU device and the CPU runs the mapped products;
     else None (copied)."""
-    if path[-1] != "kernel" or len(sharding.device_set) != 1 or next(iter(sharding.device_set)).platform != "cpu":
+    if not transposes_matrices(path) or not cpu_kernels.on_one_cpu(sharding):
         return None
     hosts = [state.get(key) for key in keys]
     if not all(cpu_kernels.maps(host, dtype, slot) for host in hosts):
@@ -164,9 +165,9 @@ def stream_leaf(state: StateDict, keys: list[str], path: tuple, spec: Any, stack
     by layer in place; any other leaf is put whole from host_leaf."""
     slot = tuple(spec.shape[1:] if stacked else spec.shape)
     if cpu_kernels.loads(state.get(keys[0]).dtype, spec.dtype, slot, sharding):
-        transpose = from_hf_layout(path, np.empty((1, 2))).shape == (2, 1)  # the layout's own rule for matrices
         # the kernel releases each layer's pages itself (and with drop_cache evicts them), as state.release would
-        return cpu_kernels.load_stack([state.get(key) for key in keys], tuple(spec.shape), transpose=transpose,
+        return cpu_kernels.load_stack([state.get(key) for key in keys], tuple(spec.shape),
+                                      transpose=transposes_matrices(path),
                                       release="evict" if state.drop_cache else "unmap")
     if not stacked or tree_bytes(spec) < STREAM_MIN_BYTES:
         return jax.device_put(host_leaf(state, keys, path, spec, stacked), sharding).block_until_ready()

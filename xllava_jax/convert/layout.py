@@ -74,6 +74,11 @@ def from_hf_layout(path: Path, value: np.ndarray) -> np.ndarray:
     return value
 
 
+def transposes_matrices(path: Path) -> bool:
+    """Whether from_hf_layout transposes a 2-D HF tensor at `path` (a Linear weight into a Dense kernel)."""
+    return from_hf_layout(path, np.empty((1, 2))).shape == (2, 1)
+
+
 def detect_layout(keys: set[str], abstract: dict, layouts: dict[str, list[tuple[Path, str]]]) -> str:
     """Name of the layout whose keys best cover `abstract`'s parameters (first of the best)."""
     def hits(prefixes):

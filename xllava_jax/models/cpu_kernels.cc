@@ -367,19 +367,36 @@ void TileRows(int rows, std::integer_sequence<int, R...>, const uint32_t* xp, co
   ((rows == R + 1 ? Tile<R + 1>(xp, panel, pairs, y, ldy, cols, accumulate) : void()), ...);
 }
 
-ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w, ffi::Buffer<ffi::S32> layer,
-                ffi::ResultBuffer<ffi::F32> y) {
-  const auto xd = x.dimensions();
-  const auto wd = w.dimensions();
-  if (xd.size() != 2 || wd.size() != 3 || xd[1] != wd[1]) {
-    return ffi::Error::InvalidArgument("bf16 gemm: expected x [M, K] and w [L, K, N]");
+inline __mmask16 Lanes(int64_t count) { return count >= 16 ? 0xFFFF : (__mmask16{1} << count) - 1; }
+
+// Pack's panels from the rows of a matrix whose rows are runs of bf16 pairs (w [N, K] of Linear weights, keys
+// [S, D]): packed[(j * pairs + p) * kNR + c] = pair p0 + p of row n0 + j * kNR + c, for rows [n0, n0 + nc) (zeros
+// past nc), `ldw` words between rows; 16 rows' pair at a time by one gather.
+void PackFromRows(const uint32_t* w, int64_t ldw, int64_t n0, int64_t nc, int64_t p0, int64_t pairs,
+                  uint32_t* packed) {
+  const __m512i stride = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(static_cast<int>(ldw)));
+  for (int64_t j = 0; j * kNR < nc; ++j) {
+    for (int h = 0; h < 2; ++h) {
+      const int64_t first = j * kNR + 16 * h;
+      const __mmask16 lanes = Lanes(std::max<int64_t>(0, nc - first));
+      const uint32_t* base = w + (n0 + first) * ldw + p0;
+      uint32_t* out = packed + j * pairs * kNR + 16 * h;
+      for (int64_t p = 0; p < pairs; ++p) {
+        const __m512i v = lanes ? _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lanes, stride, base + p, 4)
+                                : _mm512_setzero_si512();
+        _mm512_storeu_si512(out + p * kNR, v);
+      }
+    }
   }
-  const int64_t m = xd[0], k = xd[1], n = wd[2];
-  const int32_t l = *layer.typed_data();
-  if (l < 0 || l >= wd[0]) return ffi::Error::InvalidArgument("bf16 gemm: layer index out of range");
-  const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.untyped_data());
-  const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.untyped_data()) + static_cast<int64_t>(l) * k * n;
-  float* yp = y->typed_data();
+}
+
+// y[M, N] (float32) = x[M, K] (bf16) @ the weights, whose Pack-layout panels for columns [n0, n0 + nc) and depth
+// [k0, k0 + kc) pack(n0, nc, k0, kc, panels) writes: each thread owns blocks of kNC columns, packs them kKC deep
+// and runs kMR x kNR tiles over them.
+template <typename PackPanels>
+void PackedGemm(ffi::ThreadPool& pool, const uint16_t* x16, int64_t m, int64_t k, int64_t n, float* yp,
+                PackPanels pack) {
   const int64_t row_blocks = (m + kMR - 1) / kMR, pairs = (k + 1) / 2;
   std::vector<uint32_t> xp(row_blocks * pairs * kMR);
   Parallel(pool, row_blocks, [&](int64_t, int64_t b0, int64_t b1) { PackRows(x16, m, k, b0, b1, xp.data()); });
@@ -390,7 +407,7 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi:
       const int64_t n0 = block * kNC, nc = std::min(kNC, n - n0);
       for (int64_t k0 = 0; k0 < k; k0 += kKC) {
         const int64_t kc = std::min(kKC, k - k0), kpairs = (kc + 1) / 2;
-        Pack(wp + k0 * n + n0, n, kc, nc, packed.data());
+        pack(n0, nc, k0, kc, packed.data());
         for (int64_t rb = 0; rb < row_blocks; ++rb) {
           const int rows = static_cast<int>(std::min(kMR, m - rb * kMR));
           const uint32_t* xb = xp.data() + (rb * pairs + k0 / 2) * kMR;
@@ -402,17 +419,32 @@ ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi:
       }
     }
   });
-  return ffi::Error::Success();
 }
 
-inline __mmask16 Lanes(int64_t count) { return count >= 16 ? 0xFFFF : (__mmask16{1} << count) - 1; }
+ffi::Error Gemm(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w, ffi::Buffer<ffi::S32> layer,
+                ffi::ResultBuffer<ffi::F32> y) {
+  const auto xd = x.dimensions();
+  const auto wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 3 || xd[1] != wd[1]) {
+    return ffi::Error::InvalidArgument("bf16 gemm: expected x [M, K] and w [L, K, N]");
+  }
+  const int64_t m = xd[0], k = xd[1], n = wd[2];
+  const int32_t l = *layer.typed_data();
+  if (l < 0 || l >= wd[0]) return ffi::Error::InvalidArgument("bf16 gemm: layer index out of range");
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.untyped_data()) + static_cast<int64_t>(l) * k * n;
+  PackedGemm(pool, reinterpret_cast<const uint16_t*>(x.untyped_data()), m, k, n, y->typed_data(),
+             [=](int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint16_t* panels) {
+               Pack(wp + k0 * n + n0, n, kc, nc, panels);
+             });
+  return ffi::Error::Success();
+}
 
 // y[M, N] (float32) = x[M, K] @ w^T for bf16 x and a bf16 matrix w [N, K] read in place from a host address (a
 // memory-mapped checkpoint tensor in its file's Linear [out, in] layout; K even). Rows of x and of w are both runs
 // of bf16 pairs along K, the operand layout vdpbf16ps wants:
 // - few rows (M <= kMaxRows, decode): each thread streams its own block of w rows, kDotRows at a time, and takes
 //   their dot products with every x row;
-// - more rows (prefill): the GEMM's tiles over panels gathered from kNR rows of w (PackKeys' layout).
+// - more rows (prefill): the GEMM's tiles over panels gathered from kNR rows of w (PackFromRows).
 constexpr int64_t kDotRows = 4;
 
 // y[r, n0:n1] = x[r] . w[n] for the M rows of x, over w rows [n0, n1).
@@ -434,26 +466,6 @@ void Dots(const uint16_t* x, const uint16_t* w, float* y, int64_t m, int64_t k, 
   }
 }
 
-// The GEMM's packed panels (see Pack) for rows [n0, n0 + nc) and pairs [p0, p0 + pairs) of w [N, K]: 16 rows' pair
-// at a time by one gather; zeros past row nc.
-void PackRowsOf(const uint32_t* w, int64_t ldw, int64_t n0, int64_t nc, int64_t p0, int64_t pairs, uint32_t* packed) {
-  const __m512i stride = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(static_cast<int>(ldw)));
-  for (int64_t j = 0; j * kNR < nc; ++j) {
-    for (int h = 0; h < 2; ++h) {
-      const int64_t first = j * kNR + 16 * h;
-      const __mmask16 lanes = Lanes(std::max<int64_t>(0, nc - first));
-      const uint32_t* base = w + (n0 + first) * ldw + p0;
-      uint32_t* out = packed + j * pairs * kNR + 16 * h;
-      for (int64_t p = 0; p < pairs; ++p) {
-        const __m512i v = lanes ? _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lanes, stride, base + p, 4)
-                                : _mm512_setzero_si512();
-        _mm512_storeu_si512(out + p * kNR, v);
-      }
-    }
-  }
-}
-
 ffi::Error MappedProduct(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::U32> address,
                          ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions(), yd = y->dimensions();
@@ -470,28 +482,9 @@ ffi::Error MappedProduct(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Bu
     });
     return ffi::Error::Success();
   }
-  const int64_t row_blocks = (m + kMR - 1) / kMR, pairs = k / 2;
-  std::vector<uint32_t> xp(row_blocks * pairs * kMR);
-  Parallel(pool, row_blocks, [&](int64_t, int64_t b0, int64_t b1) { PackRows(x16, m, k, b0, b1, xp.data()); });
-  Parallel(pool, (n + kNC - 1) / kNC, [=, &xp](int64_t, int64_t b0, int64_t b1) {
-    thread_local std::vector<uint32_t> packed;
-    packed.resize(kKC / 2 * kNC);
-    for (int64_t block = b0; block < b1; ++block) {
-      const int64_t n0 = block * kNC, nc = std::min(kNC, n - n0);
-      for (int64_t k0 = 0; k0 < k; k0 += kKC) {
-        const int64_t kpairs = std::min(kKC, k - k0) / 2;
-        PackRowsOf(reinterpret_cast<const uint32_t*>(w), pairs, n0, nc, k0 / 2, kpairs, packed.data());
-        for (int64_t rb = 0; rb < row_blocks; ++rb) {
-          const int rows = static_cast<int>(std::min(kMR, m - rb * kMR));
-          const uint32_t* xb = xp.data() + (rb * pairs + k0 / 2) * kMR;
-          for (int64_t j = 0; j * kNR < nc; ++j) {
-            TileRows(rows, std::make_integer_sequence<int, kMR>{}, xb,
-                     reinterpret_cast<const uint16_t*>(packed.data() + j * kpairs * kNR), kpairs,
-                     yp + rb * kMR * n + n0 + j * kNR, n, std::min(kNR, nc - j * kNR), k0 > 0);
-          }
-        }
-      }
-    }
+  const uint32_t* w32 = reinterpret_cast<const uint32_t*>(w);
+  PackedGemm(pool, x16, m, k, n, yp, [=](int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint16_t* panels) {
+    PackFromRows(w32, k / 2, n0, nc, k0 / 2, kc / 2, reinterpret_cast<uint32_t*>(panels));
   });
   return ffi::Error::Success();
 }
@@ -510,17 +503,6 @@ inline __m512 Exp(__m512 x) {
   }
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
   return _mm512_scalef_ps(p, n);
-}
-
-// Keys as the packed panels Tile reads for q @ k^T: packed[(j * pairs + p) * kNR + c] = the p-th bf16 pair of key
-// row j * kNR + c (zeros past `keys`); `ld` words between key rows.
-void PackKeys(const uint32_t* k, int64_t ld, int64_t keys, int64_t pairs, uint32_t* packed) {
-  const int64_t panels = (keys + kNR - 1) / kNR;
-  std::fill(packed, packed + panels * pairs * kNR, 0u);
-  for (int64_t key = 0; key < keys; ++key) {
-    uint32_t* out = packed + key / kNR * pairs * kNR + key % kNR;
-    for (int64_t p = 0; p < pairs; ++p) out[p * kNR] = k[key * ld + p];
-  }
 }
 
 // One past the last key any of `rows` mask rows attends; `keys` when a row attends none (softmax then averages
@@ -601,7 +583,7 @@ ffi::Error Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> q, ffi::Buffer
   Parallel(pool, batch * kv, [=](int64_t, int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / kv, h = i % kv;
-      PackKeys(k32 + (b * s * kv + h) * dpairs, kv * dpairs, s, dpairs, keys + i * key_words);
+      PackFromRows(k32 + (b * s * kv + h) * dpairs, kv * dpairs, 0, s, 0, dpairs, keys + i * key_words);
       Pack(v16 + (b * s * kv + h) * d, kv * d, s, d, reinterpret_cast<uint16_t*>(values + i * value_words));
     }
   });

@@ -274,4 +274,9 @@ def loads(host_dtype, dtype, slot: tuple, sharding) -> bool:
     """Whether load_stack can write HF tensors of `host_dtype` into a leaf of `dtype` whose (per-layer) slot has
     shape `slot` on `sharding`: a 2-D slot, the same dtype of 2 or 4 bytes, one CPU device."""
     return (len(slot) == 2 and jnp.dtype(host_dtype) == jnp.dtype(dtype) and jnp.dtype(dtype).itemsize in (2, 4)
-            and len(sharding.device_set) == 1 and next(iter(sharding.device_set)).platform == "cpu" and available())
+            and on_one_cpu(sharding) and available())
+
+
+def on_one_cpu(sharding: Any) -> bool:
+    """Whether `sharding` puts a whole array on one CPU device (host memory the kernels can write or read)."""
+    return len(sharding.device_set) == 1 and next(iter(sharding.device_set)).platform == "cpu"
